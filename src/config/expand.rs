@@ -1,0 +1,136 @@
+//! `${VAR}` and `${VAR:-default}` in configuration files, expanded from the environment before the YAML
+//! is parsed, the way Dify's own nginx template is filled in. Expansion keeps line numbers intact so
+//! that every later error still points at the operator's line.
+
+/// One variable that could not be expanded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpandError {
+    pub line: usize,
+    pub message: String,
+}
+
+/// Expands every `${NAME}` / `${NAME:-default}`; `$${` is a literal `${`. `lookup` is the environment
+/// (a parameter so tests need not touch the process environment).
+pub fn expand(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, Vec<ExpandError>> {
+    let mut out = String::with_capacity(text.len());
+    let mut errors = Vec::new();
+    for (idx, full_line) in text.split_inclusive('\n').enumerate() {
+        let line_no = idx + 1;
+        // Comments are left alone: they document variables, they do not use them.
+        let (line, comment) = full_line.split_at(comment_start(full_line));
+        let mut rest = line;
+        while let Some(pos) = rest.find("${") {
+            if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
+                out.push_str(&rest[..pos - 1]);
+                out.push_str("${");
+                rest = &rest[pos + 2..];
+                continue;
+            }
+            out.push_str(&rest[..pos]);
+            let Some(end) = rest[pos..].find('}') else {
+                errors.push(ExpandError {
+                    line: line_no,
+                    message: "unterminated ${ (missing })".into(),
+                });
+                rest = "";
+                break;
+            };
+            let inner = &rest[pos + 2..pos + end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                errors.push(ExpandError {
+                    line: line_no,
+                    message: format!("${{{inner}}}: expected ${{NAME}} or ${{NAME:-default}}"),
+                });
+            } else {
+                match (lookup(name).filter(|v| !v.is_empty()), default) {
+                    (Some(v), _) if v.contains('\n') => errors.push(ExpandError {
+                        line: line_no,
+                        message: format!("environment variable {name} contains a line break"),
+                    }),
+                    (Some(v), _) => out.push_str(&v),
+                    (None, Some(d)) => out.push_str(d),
+                    (None, None) => errors.push(ExpandError {
+                        line: line_no,
+                        message: format!(
+                            "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
+                        ),
+                    }),
+                }
+            }
+            rest = &rest[pos + end + 1..];
+        }
+        out.push_str(rest);
+        out.push_str(comment);
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Where a YAML comment starts on this line (`#` at the start or after a blank, outside quotes);
+/// the line's length when there is none.
+fn comment_start(line: &str) -> usize {
+    let mut quote: Option<char> = None;
+    let mut prev = ' ';
+    for (i, c) in line.char_indices() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == '#' && prev.is_whitespace() => return i,
+            None => {}
+        }
+        prev = c;
+    }
+    line.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "PORT" => Some("8080".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn expands_set_default_and_escape() {
+        let out = expand(
+            "a: ${PORT}\nb: ${NOPE:-x y}\nc: ${EMPTY:-d}\nd: $${PORT}\n",
+            env,
+        )
+        .unwrap();
+        assert_eq!(out, "a: 8080\nb: x y\nc: d\nd: ${PORT}\n");
+    }
+
+    #[test]
+    fn comments_are_not_expanded() {
+        let out = expand("# ${NOPE}\na: ${PORT} # ${NOPE:-x}\nb: \"#${PORT}\"\n", env).unwrap();
+        assert_eq!(out, "# ${NOPE}\na: 8080 # ${NOPE:-x}\nb: \"#8080\"\n");
+    }
+
+    #[test]
+    fn reports_every_missing_variable_with_its_line() {
+        let errs = expand(
+            "a: 1\nb: ${NOPE}\nc: ${ALSO_NOPE}\nd: ${bad-name}\ne: ${X",
+            env,
+        )
+        .unwrap_err();
+        let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![2, 3, 4, 5]);
+        assert!(errs[0].message.contains("NOPE is not set"));
+    }
+}

@@ -1,0 +1,489 @@
+//! The configuration: YAML (with `${VAR}` expansion) -> typed [`Config`] -> validated, or a list of
+//! [`ConfigError`]s that each name the file, line and field, as `nginx -t` does.
+
+pub mod expand;
+pub mod source_map;
+pub mod units;
+
+use crate::dify::DifyConfig;
+use crate::sso::SsoConfig;
+use ipnet::IpNet;
+use serde::Deserialize;
+use source_map::SourceMap;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Dify's stock routing, listening on `NGINX_PORT`; used when no `-c FILE` is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");
+
+/// Where a configuration comes from, for loading and for naming it in errors.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    Embedded,
+    File(PathBuf),
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::Embedded => f.write_str("<embedded default>"),
+            ConfigSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Upstream name -> backends. The four stock names are always present (defaults from the
+    /// environment) unless the file overrides them.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Backends>,
+    /// Replaces Dify's stock table when given.
+    #[serde(default)]
+    pub routes: Option<Vec<RouteConfig>>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub sso: Option<SsoConfig>,
+    #[serde(default)]
+    pub dify: DifyConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    #[serde(deserialize_with = "units::de_string_list")]
+    pub listen: Vec<String>,
+    /// Worker threads; Dify's nginx runs `worker_processes auto`, so the default is the CPU count.
+    pub threads: usize,
+    /// `/healthz`, `/readyz`; empty string turns the admin listener off.
+    pub admin_listen: String,
+    /// CIDRs (or single addresses) allowed to supply `X-Forwarded-*` and `X-Request-Id`.
+    #[serde(deserialize_with = "units::de_string_list")]
+    pub trusted_proxies: Vec<String>,
+    pub tls: Option<TlsConfig>,
+    /// A file for the JSON access log; stderr when absent.
+    pub access_log: Option<String>,
+    pub pid_file: String,
+    /// The Unix socket through which `-u` takes the listeners over from the running instance.
+    pub upgrade_sock: String,
+    /// Seconds a stopping process keeps accepting after handing over (Pingora's grace period).
+    #[serde(deserialize_with = "units::de_duration")]
+    pub grace_period: Duration,
+    /// Seconds a stopping process gives requests in flight before it exits.
+    #[serde(deserialize_with = "units::de_duration")]
+    pub graceful_shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec!["0.0.0.0:80".into()],
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            admin_listen: "127.0.0.1:9901".into(),
+            trusted_proxies: Vec::new(),
+            tls: None,
+            access_log: None,
+            pid_file: "/tmp/dify-gateway.pid".into(),
+            upgrade_sock: "/tmp/dify-gateway-upgrade.sock".into(),
+            // Kubernetes gives a pod 30 s and systemd 90 s: hand over and drain well inside both.
+            grace_period: Duration::from_secs(5),
+            graceful_shutdown_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// One or more `host:port`, as a YAML list or a comma-separated string (handy from an env variable).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backends(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Backends {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        units::de_string_list(d).map(Backends)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub upstream: String,
+    /// Add `Dify-Hook-Url: <scheme>://<host><request_uri>` (Dify's plugin daemon wants it on `/e/`).
+    #[serde(default)]
+    pub dify_hook_url: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    #[serde(deserialize_with = "units::de_size")]
+    pub client_max_body_size: u64,
+    #[serde(deserialize_with = "units::de_duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "units::de_duration")]
+    pub read_timeout: Duration,
+    #[serde(deserialize_with = "units::de_duration")]
+    pub send_timeout: Duration,
+    /// How long an idle upstream connection stays in the pool.
+    #[serde(deserialize_with = "units::de_duration")]
+    pub upstream_idle_timeout: Duration,
+    /// How long an idle client keep-alive connection is kept (nginx `keepalive_timeout`).
+    #[serde(deserialize_with = "units::de_duration")]
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            client_max_body_size: 100 << 20,
+            connect_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(3600),
+            send_timeout: Duration::from_secs(3600),
+            upstream_idle_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(65),
+        }
+    }
+}
+
+/// The stock upstream names and the environment variables that override their defaults.
+pub const STOCK_UPSTREAMS: [(&str, &str, &str); 4] = [
+    ("api", "DIFY_API_UPSTREAM", "127.0.0.1:5001"),
+    ("web", "DIFY_WEB_UPSTREAM", "127.0.0.1:3000"),
+    (
+        "plugin_daemon",
+        "DIFY_PLUGIN_DAEMON_UPSTREAM",
+        "127.0.0.1:5002",
+    ),
+    ("websocket", "DIFY_WEBSOCKET_UPSTREAM", "127.0.0.1:5001"),
+];
+
+/// Dify's stock nginx locations (reference §1).
+pub fn stock_routes() -> Vec<RouteConfig> {
+    let r = |prefix: &str, upstream: &str| RouteConfig {
+        prefix: prefix.into(),
+        upstream: upstream.into(),
+        dify_hook_url: false,
+    };
+    let mut routes = vec![
+        r("/console/api", "api"),
+        r("/api", "api"),
+        r("/v1", "api"),
+        r("/openapi", "api"),
+        r("/files", "api"),
+        r("/mcp", "api"),
+        r("/triggers", "api"),
+        r("/socket.io/", "websocket"),
+        r("/e/", "plugin_daemon"),
+        r("/explore", "web"),
+        r("/", "web"),
+    ];
+    routes[8].dify_hook_url = true;
+    routes
+}
+
+/// One problem found in a configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    /// Dotted path of the field (`routes[1].upstream`); empty for a syntax error.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.field.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// A semantic problem before it is placed in the file: the field path and what was expected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issue {
+    pub field: String,
+    pub message: String,
+}
+
+impl Issue {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Issue {
+        Issue {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, expands, parses and validates. Every error names where it is.
+    pub fn load(source: &ConfigSource) -> Result<Config, Vec<ConfigError>> {
+        let text = match source {
+            ConfigSource::Embedded => EMBEDDED_DEFAULT.to_string(),
+            ConfigSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
+                vec![ConfigError {
+                    file: path.display().to_string(),
+                    line: None,
+                    field: String::new(),
+                    message: format!("cannot read the file: {e}"),
+                }]
+            })?,
+        };
+        Config::from_text(&text, &source.to_string(), |k| std::env::var(k).ok())
+    }
+
+    /// The same as [`Config::load`] on text already in memory; `env` stands for the environment.
+    pub fn from_text(
+        text: &str,
+        file: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<ConfigError>> {
+        let at = |line: Option<usize>, field: &str, message: String| ConfigError {
+            file: file.to_string(),
+            line,
+            field: field.to_string(),
+            message,
+        };
+        let expanded = expand::expand(text, &env).map_err(|errs| {
+            errs.into_iter()
+                .map(|e| at(Some(e.line), "", e.message))
+                .collect::<Vec<_>>()
+        })?;
+        // An empty file is a valid, all-defaults configuration.
+        let mut config: Config = if expanded.trim().is_empty() {
+            serde_yaml_ng::from_str("{}")
+        } else {
+            serde_yaml_ng::from_str(&expanded)
+        }
+        .map_err(|e| {
+            let line = e.location().map(|l| l.line());
+            // serde_yaml_ng appends " at line N column M"; the line is already in front.
+            let msg = e.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            let (field, msg) = match msg.split_once(": ") {
+                Some((f, m)) if !f.contains(' ') => (f.to_string(), m.to_string()),
+                _ => (String::new(), msg),
+            };
+            vec![at(line, &field, msg)]
+        })?;
+        config.fill_defaults(&env);
+        let map = SourceMap::build(&expanded);
+        let issues = config.validate();
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(issues
+                .into_iter()
+                .map(|i| at(map.line_of(&i.field), &i.field, i.message))
+                .collect())
+        }
+    }
+
+    fn fill_defaults(&mut self, env: &impl Fn(&str) -> Option<String>) {
+        for (name, var, default) in STOCK_UPSTREAMS {
+            self.upstreams.entry(name.to_string()).or_insert_with(|| {
+                let value = env(var)
+                    .filter(|v| !v.trim().is_empty())
+                    .unwrap_or(default.into());
+                Backends(value.split(',').map(|s| s.trim().to_string()).collect())
+            });
+        }
+        self.sso = SsoConfig::resolve(self.sso.take(), env);
+    }
+
+    /// The routes in force: the file's list or Dify's stock table.
+    pub fn effective_routes(&self) -> Vec<RouteConfig> {
+        self.routes.clone().unwrap_or_else(stock_routes)
+    }
+
+    /// Every semantic problem, not just the first.
+    pub fn validate(&self) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        let s = &self.server;
+        if s.listen.is_empty() {
+            issues.push(Issue::new(
+                "server.listen",
+                "expected at least one address such as 0.0.0.0:80",
+            ));
+        }
+        for (i, addr) in s.listen.iter().enumerate() {
+            check_socket_addr(&mut issues, &format!("server.listen[{i}]"), addr);
+        }
+        if s.threads == 0 || s.threads > 1024 {
+            issues.push(Issue::new(
+                "server.threads",
+                "expected a number of threads from 1 to 1024",
+            ));
+        }
+        if !s.admin_listen.is_empty() {
+            check_socket_addr(&mut issues, "server.admin_listen", &s.admin_listen);
+            if s.listen.contains(&s.admin_listen) {
+                issues.push(Issue::new(
+                    "server.admin_listen",
+                    "must not be one of server.listen: health and metrics never go on the public port",
+                ));
+            }
+        }
+        for (i, cidr) in s.trusted_proxies.iter().enumerate() {
+            if parse_cidr(cidr).is_none() {
+                issues.push(Issue::new(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("expected a CIDR such as 10.0.0.0/8 or an address, got {cidr:?}"),
+                ));
+            }
+        }
+        if let Some(tls) = &s.tls {
+            check_socket_addr(&mut issues, "server.tls.listen", &tls.listen);
+            for (field, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+                if let Err(e) = std::fs::metadata(path) {
+                    issues.push(Issue::new(field, format!("cannot read {path:?}: {e}")));
+                }
+            }
+        }
+        if s.graceful_shutdown_timeout.is_zero() {
+            issues.push(Issue::new(
+                "server.graceful_shutdown_timeout",
+                "expected a duration above 0",
+            ));
+        }
+        for (name, backends) in &self.upstreams {
+            let field = format!("upstreams.{name}");
+            if backends.0.is_empty() {
+                issues.push(Issue::new(&field, "expected at least one host:port"));
+            }
+            for (i, b) in backends.0.iter().enumerate() {
+                if let Err(msg) = split_host_port(b) {
+                    issues.push(Issue::new(format!("{field}[{i}]"), msg));
+                }
+            }
+        }
+        if let Some(routes) = &self.routes {
+            if routes.is_empty() {
+                issues.push(Issue::new(
+                    "routes",
+                    "expected at least one route (omit the key for Dify's stock table)",
+                ));
+            }
+            for (i, r) in routes.iter().enumerate() {
+                if !r.prefix.starts_with('/') {
+                    issues.push(Issue::new(
+                        format!("routes[{i}].prefix"),
+                        format!("expected a path starting with /, got {:?}", r.prefix),
+                    ));
+                }
+                if !self.upstreams.contains_key(&r.upstream) {
+                    let known: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+                    issues.push(Issue::new(
+                        format!("routes[{i}].upstream"),
+                        format!(
+                            "unknown upstream {:?}; expected one of: {}",
+                            r.upstream,
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        let l = &self.limits;
+        for (field, d) in [
+            ("limits.connect_timeout", l.connect_timeout),
+            ("limits.read_timeout", l.read_timeout),
+            ("limits.send_timeout", l.send_timeout),
+        ] {
+            if d.is_zero() {
+                issues.push(Issue::new(field, "expected a duration above 0"));
+            }
+        }
+        if let Some(sso) = &self.sso {
+            sso.validate(&self.dify, &mut issues);
+        }
+        self.dify.validate(&mut issues);
+        issues
+    }
+
+    /// A one-line description for `-t` and the start-up log.
+    pub fn summary(&self) -> String {
+        let sso = match &self.sso {
+            Some(s) if s.is_enabled() => s.summary(),
+            _ => "sso off".to_string(),
+        };
+        format!(
+            "listen {}{}, {} routes, {} upstreams, {}",
+            self.server.listen.join(" "),
+            self.server
+                .tls
+                .as_ref()
+                .map(|t| format!(" tls {}", t.listen))
+                .unwrap_or_default(),
+            self.effective_routes().len(),
+            self.upstreams.len(),
+            sso
+        )
+    }
+}
+
+fn check_socket_addr(issues: &mut Vec<Issue>, field: &str, addr: &str) {
+    if addr.parse::<SocketAddr>().is_err() {
+        issues.push(Issue::new(
+            field,
+            format!("expected ip:port such as 0.0.0.0:80 or [::]:80, got {addr:?}"),
+        ));
+    }
+}
+
+/// A CIDR or a single address (taken as /32 or /128).
+pub fn parse_cidr(text: &str) -> Option<IpNet> {
+    let t = text.trim();
+    t.parse::<IpNet>()
+        .ok()
+        .or_else(|| t.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// `host:port` or `[v6]:port`; the host may be a name, resolved later without blocking.
+pub fn split_host_port(text: &str) -> Result<(String, u16), String> {
+    let bad = || format!("expected host:port such as api:5001 or 127.0.0.1:5001, got {text:?}");
+    if let Ok(sa) = text.parse::<SocketAddr>() {
+        return Ok((sa.ip().to_string(), sa.port()));
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if !host_ok || port == 0 {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Parses `path` for callers outside the loader (tests, `-t`).
+pub fn load_path(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    Config::load(&ConfigSource::File(path.to_path_buf()))
+}
+
+#[cfg(test)]
+mod tests;

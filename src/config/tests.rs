@@ -1,0 +1,121 @@
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "NGINX_PORT" => Some("8080".into()),
+        "DIFY_API_UPSTREAM" => Some("api:5001, api2:5001".into()),
+        _ => None,
+    }
+}
+
+fn load(text: &str) -> Result<Config, Vec<ConfigError>> {
+    Config::from_text(text, "test.yaml", env)
+}
+
+#[test]
+fn embedded_default_is_dify_stock_nginx_from_the_environment() {
+    let c = Config::from_text(EMBEDDED_DEFAULT, "<embedded default>", env).unwrap();
+    assert_eq!(c.server.listen, vec!["0.0.0.0:8080"]);
+    assert_eq!(c.upstreams["api"].0, vec!["api:5001", "api2:5001"]);
+    assert_eq!(c.upstreams["web"].0, vec!["127.0.0.1:3000"]);
+    assert_eq!(c.upstreams["plugin_daemon"].0, vec!["127.0.0.1:5002"]);
+    assert!(c.server.trusted_proxies.is_empty());
+    assert_eq!(c.limits.client_max_body_size, 100 << 20);
+    assert_eq!(c.limits.read_timeout, Duration::from_secs(3600));
+    assert_eq!(c.effective_routes(), stock_routes());
+}
+
+#[test]
+fn empty_file_is_all_defaults() {
+    let c = load("").unwrap();
+    assert_eq!(c.server.admin_listen, "127.0.0.1:9901");
+    assert_eq!(c.upstreams.len(), 4);
+}
+
+#[test]
+fn units_and_lists_parse() {
+    let c = load(
+        "limits:\n  client_max_body_size: 15MiB\n  connect_timeout: 500ms\n  read_timeout: 1h\nserver:\n  trusted_proxies: 10.0.0.0/8, 192.168.1.1\n",
+    )
+    .unwrap();
+    assert_eq!(c.limits.client_max_body_size, 15 << 20);
+    assert_eq!(c.limits.connect_timeout, Duration::from_millis(500));
+    assert_eq!(c.limits.read_timeout, Duration::from_secs(3600));
+    assert_eq!(c.server.trusted_proxies, vec!["10.0.0.0/8", "192.168.1.1"]);
+}
+
+#[test]
+fn syntax_error_names_its_line() {
+    let errs = load("server:\n  listen: [\"a\"\n  threads: 2\n").unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].line.is_some(), "{:?}", errs[0]);
+}
+
+#[test]
+fn type_error_names_line_and_field() {
+    let errs = load("server:\n  threads: many\n").unwrap_err();
+    assert_eq!(errs[0].line, Some(2));
+    assert_eq!(errs[0].field, "server.threads");
+    let errs = load("limits:\n  read_timeout: forever\n").unwrap_err();
+    assert_eq!(errs[0].line, Some(2));
+    assert!(
+        errs[0].message.contains("expected a duration"),
+        "{}",
+        errs[0].message
+    );
+}
+
+#[test]
+fn unknown_key_is_refused() {
+    let errs = load("server:\n  listn: [\"0.0.0.0:80\"]\n").unwrap_err();
+    assert!(
+        errs[0].message.contains("unknown field `listn`"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn every_semantic_error_is_listed_with_its_line() {
+    let text = "server:\n  listen: [\"nowhere\"]\n  threads: 0\nupstreams:\n  api: [\"127.0.0.1:x\"]\nroutes:\n  - prefix: /a\n    upstream: nope\n  - { prefix: b, upstream: api }\n";
+    let errs = load(text).unwrap_err();
+    let found: Vec<(Option<usize>, &str)> =
+        errs.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(
+        found,
+        vec![
+            (Some(2), "server.listen[0]"),
+            (Some(3), "server.threads"),
+            (Some(5), "upstreams.api[0]"),
+            (Some(8), "routes[0].upstream"),
+            (Some(9), "routes[1].prefix"),
+        ]
+    );
+    assert_eq!(
+        errs[3].to_string(),
+        "test.yaml:8: routes[0].upstream: unknown upstream \"nope\"; expected one of: api, plugin_daemon, web, websocket"
+    );
+}
+
+#[test]
+fn unset_variable_names_its_line() {
+    let errs = load("server:\n  listen: [\"0.0.0.0:${NOT_SET}\"]\n").unwrap_err();
+    assert_eq!(errs[0].line, Some(2));
+    assert!(errs[0].message.contains("NOT_SET is not set"));
+}
+
+#[test]
+fn admin_listener_never_shares_the_public_port() {
+    let errs =
+        load("server:\n  listen: [\"0.0.0.0:80\"]\n  admin_listen: \"0.0.0.0:80\"\n").unwrap_err();
+    assert_eq!(errs[0].field, "server.admin_listen");
+}
+
+#[test]
+fn host_port_forms() {
+    assert_eq!(split_host_port("api:5001").unwrap(), ("api".into(), 5001));
+    assert_eq!(split_host_port("[::1]:80").unwrap(), ("::1".into(), 80));
+    assert!(split_host_port("api").is_err());
+    assert!(split_host_port("api:0").is_err());
+    assert!(split_host_port("http://api:5001").is_err());
+}

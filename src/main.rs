@@ -1,0 +1,45 @@
+use clap::Parser;
+use dify_gateway::cli::Cli;
+use dify_gateway::config::{Config, ConfigSource};
+use dify_gateway::ops::{logging, server};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, std::env::var("RUST_LOG").ok().as_deref());
+    // One TLS provider for the whole process (Pingora's listeners and the SSO client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let source = cli
+        .config
+        .clone()
+        .map_or(ConfigSource::Embedded, ConfigSource::File);
+    let config = match Config::load(&source) {
+        Ok(config) => config,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "dify-gateway: configuration {source} has {} error(s)",
+                errors.len()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    if cli.test {
+        println!(
+            "dify-gateway: configuration {source} is ok: {}",
+            config.summary()
+        );
+        return ExitCode::SUCCESS;
+    }
+    log::info!("starting with {source}: {}", config.summary());
+    match server::build(&cli, config) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("dify-gateway: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The admin listener (`server.admin_listen`, never the public port): `/healthz` says the process
+//! answers; `/readyz` says a configuration is loaded and every routed upstream has a reachable
+//! backend, so a load balancer sends traffic only where it can be served.
+
+use crate::state::SharedSnapshot;
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+pub struct AdminApp {
+    pub state: SharedSnapshot,
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let (status, body) = match session.req_header().uri.path() {
+            "/healthz" => (200, serde_json::json!({"status": "ok"})),
+            "/readyz" => self.readiness(),
+            _ => (
+                404,
+                serde_json::json!({"code": "not_found", "message": "try /healthz or /readyz"}),
+            ),
+        };
+        let body = body.to_string().into_bytes();
+        Response::builder()
+            .status(status)
+            .header("Content-Type", "application/json")
+            .header("Content-Length", body.len())
+            .header("Cache-Control", "no-store")
+            .body(body)
+            .unwrap_or_default()
+    }
+}
+
+impl AdminApp {
+    fn readiness(&self) -> (u16, serde_json::Value) {
+        let snap = self.state.load();
+        let down: Vec<&str> = snap
+            .routed_upstreams()
+            .filter(|u| !u.is_ready())
+            .map(|u| u.name.as_str())
+            .collect();
+        if down.is_empty() {
+            (
+                200,
+                serde_json::json!({"status": "ready", "config_generation": snap.generation}),
+            )
+        } else {
+            (
+                503,
+                serde_json::json!({
+                    "status": "not_ready",
+                    "unreachable_upstreams": down,
+                    "config_generation": snap.generation,
+                }),
+            )
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Running the gateway: the Pingora server and its services, logs, the admin endpoints.
+
+pub mod access_log;
+pub mod admin;
+pub mod logging;
+pub mod server;
+pub mod upstream_health;

@@ -1,0 +1,76 @@
+//! Assembles the Pingora server from a validated configuration: the proxy on the public
+//! listeners, the admin endpoints on their own listener, the upstream health task.
+
+use crate::cli::Cli;
+use crate::config::Config;
+use crate::ops::access_log::AccessLog;
+use crate::ops::admin::AdminApp;
+use crate::ops::upstream_health::UpstreamHealth;
+use crate::proxy::DifyGateway;
+use crate::state::{SharedSnapshot, Snapshot};
+use arc_swap::ArcSwap;
+use pingora::proxy::http_proxy_service;
+use pingora::server::Server;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::sync::Arc;
+
+/// Builds every service; the caller runs the server.
+pub fn build(cli: &Cli, config: Config) -> Result<Server, String> {
+    let s = &config.server;
+    let conf = ServerConf {
+        threads: s.threads,
+        daemon: cli.daemon,
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let access_log = AccessLog::open(s.access_log.as_deref())
+        .map_err(|e| format!("server.access_log: cannot open {:?}: {e}", s.access_log))?;
+    let listen = s.listen.clone();
+    let tls = s.tls.clone();
+    let admin_listen = s.admin_listen.clone();
+    let state: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, 1)?));
+
+    let gateway = DifyGateway {
+        state: state.clone(),
+        access_log: Arc::new(access_log),
+    };
+    let mut proxy = http_proxy_service(&server.configuration, gateway);
+    for addr in &listen {
+        proxy.add_tcp(addr);
+    }
+    if let Some(tls) = &tls {
+        proxy
+            .add_tls(&tls.listen, &tls.cert, &tls.key)
+            .map_err(|e| format!("server.tls: cannot load the certificate or key: {e}"))?;
+    }
+    server.add_service(proxy);
+
+    if !admin_listen.is_empty() {
+        let mut admin = Service::new(
+            "admin".to_string(),
+            AdminApp {
+                state: state.clone(),
+            },
+        );
+        admin.add_tcp(&admin_listen);
+        server.add_service(admin);
+    }
+    server.add_service(background_service(
+        "upstream health",
+        UpstreamHealth { state },
+    ));
+    Ok(server)
+}

@@ -1,0 +1,129 @@
+//! Who the client is and what the upstream is told about it. Forwarding headers are believed only
+//! from `server.trusted_proxies`; from anyone else they are replaced, so a spoofed
+//! `X-Forwarded-For` can neither reach Dify nor steer a decision of ours (bypass lists, logs).
+
+use crate::state::Snapshot;
+use pingora::http::RequestHeader;
+use std::net::IpAddr;
+
+/// The client as the gateway sees it, decided once per request.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The TCP peer.
+    pub peer_ip: Option<IpAddr>,
+    /// Whether the peer is a trusted proxy (its forwarding headers count).
+    pub trusted: bool,
+    /// The original client: the right-most untrusted hop of a trusted chain, else the peer.
+    pub client_ip: Option<IpAddr>,
+    /// `http` or `https` as the browser used it.
+    pub scheme: &'static str,
+    /// The port the browser connected to.
+    pub port: String,
+}
+
+impl ClientInfo {
+    pub fn identify(
+        snap: &Snapshot,
+        req: &RequestHeader,
+        peer_ip: Option<IpAddr>,
+        local_port: Option<u16>,
+        tls: bool,
+    ) -> ClientInfo {
+        let trusted = peer_ip.is_some_and(|ip| snap.is_trusted(ip));
+        let mut client_ip = peer_ip;
+        let mut scheme = if tls { "https" } else { "http" };
+        let mut port = local_port.map(|p| p.to_string()).unwrap_or_default();
+        if trusted {
+            if let Some(xff) = header_str(req, "x-forwarded-for") {
+                // Walk from the nearest hop back; the first one we do not trust is the client.
+                for hop in xff.rsplit(',').map(str::trim) {
+                    match hop.parse::<IpAddr>() {
+                        Ok(ip) => {
+                            client_ip = Some(ip);
+                            if !snap.is_trusted(ip) {
+                                break;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            match header_str(req, "x-forwarded-proto").map(str::trim) {
+                Some(p) if p.eq_ignore_ascii_case("https") => scheme = "https",
+                Some(p) if p.eq_ignore_ascii_case("http") => scheme = "http",
+                _ => {}
+            }
+            if let Some(p) =
+                header_str(req, "x-forwarded-port").filter(|p| p.trim().parse::<u16>().is_ok())
+            {
+                port = p.trim().to_string();
+            }
+        }
+        ClientInfo {
+            peer_ip,
+            trusted,
+            client_ip,
+            scheme,
+            port,
+        }
+    }
+
+    /// Rewrites the forwarding headers of the upstream request, as Dify's `proxy.conf` does.
+    pub fn apply(&self, req: &mut RequestHeader, trace_id: &str) -> pingora::Result<()> {
+        let peer = self.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let xff = match (self.trusted, header_str(req, "x-forwarded-for")) {
+            (true, Some(prev)) if !prev.trim().is_empty() => format!("{}, {peer}", prev.trim()),
+            _ => peer,
+        };
+        if !self.trusted {
+            // Whatever an untrusted client claims about the path to us is dropped.
+            let names: Vec<_> = req
+                .headers
+                .keys()
+                .filter(|n| n.as_str().starts_with("x-forwarded-") || n.as_str() == "forwarded")
+                .cloned()
+                .collect();
+            for name in names {
+                req.remove_header(&name);
+            }
+        }
+        req.insert_header("X-Forwarded-For", xff)?;
+        req.insert_header("X-Forwarded-Proto", self.scheme)?;
+        req.insert_header("X-Forwarded-Port", self.port.as_str())?;
+        let real = self.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        req.insert_header("X-Real-IP", real)?;
+        req.insert_header("X-Request-Id", trace_id)?;
+        Ok(())
+    }
+}
+
+/// The trace id: the trusted proxy's `X-Request-Id` when it is sane, else a new UUID v4.
+pub fn trace_id(req: &RequestHeader, trusted: bool) -> String {
+    if trusted
+        && let Some(id) = header_str(req, "x-request-id")
+        && (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return id.to_string();
+    }
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// `Host` without its port, as nginx's `$host`.
+pub fn host_without_port(req: &RequestHeader) -> &str {
+    let host = header_str(req, "host")
+        .or_else(|| req.uri.host())
+        .unwrap_or("");
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..=h.len()]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+pub fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
