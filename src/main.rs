@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // SIGHUP means reload here; until the reload task listens for it, ignore it rather than die.
+    // SAFETY: setting a signal disposition at start-up, before any thread exists.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     logging::init(cli.log_format, std::env::var("RUST_LOG").ok().as_deref());
     // One TLS provider for the whole process (Pingora's listeners and the SSO client).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     log::info!("starting with {source}: {}", config.summary());
-    match server::build(&cli, config) {
+    match server::build(&cli, config, source) {
         Ok(server) => server.run_forever(),
         Err(e) => {
             eprintln!("dify-gateway: {e}");

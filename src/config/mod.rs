@@ -53,9 +53,12 @@ pub struct Config {
     pub sso: Option<SsoConfig>,
     #[serde(default)]
     pub dify: DifyConfig,
+    /// A short hash of the expanded text, to tell configurations apart (metrics, reload).
+    #[serde(skip)]
+    pub hash: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     #[serde(deserialize_with = "units::de_string_list")]
@@ -79,6 +82,8 @@ pub struct ServerConfig {
     /// Seconds a stopping process gives requests in flight before it exits.
     #[serde(deserialize_with = "units::de_duration")]
     pub graceful_shutdown_timeout: Duration,
+    /// Reload when the file changes on disk (a Kubernetes ConfigMap update), not only on SIGHUP.
+    pub watch_config: bool,
 }
 
 impl Default for ServerConfig {
@@ -95,11 +100,12 @@ impl Default for ServerConfig {
             // Kubernetes gives a pod 30 s and systemd 90 s: hand over and drain well inside both.
             grace_period: Duration::from_secs(5),
             graceful_shutdown_timeout: Duration::from_secs(20),
+            watch_config: false,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub listen: String,
@@ -287,6 +293,7 @@ impl Config {
             vec![at(line, &field, msg)]
         })?;
         config.fill_defaults(&env);
+        config.hash = short_hash(&expanded);
         let map = SourceMap::build(&expanded);
         let issues = config.validate();
         if issues.is_empty() {
@@ -308,7 +315,7 @@ impl Config {
                 Backends(value.split(',').map(|s| s.trim().to_string()).collect())
             });
         }
-        self.sso = SsoConfig::resolve(self.sso.take(), env);
+        self.sso = SsoConfig::resolve(self.sso.take(), &mut self.dify, env);
     }
 
     /// The routes in force: the file's list or Dify's stock table.
@@ -449,6 +456,15 @@ fn check_socket_addr(issues: &mut Vec<Issue>, field: &str, addr: &str) {
             format!("expected ip:port such as 0.0.0.0:80 or [::]:80, got {addr:?}"),
         ));
     }
+}
+
+fn short_hash(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A CIDR or a single address (taken as /32 or /128).

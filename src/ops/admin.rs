@@ -2,6 +2,7 @@
 //! answers; `/readyz` says a configuration is loaded and every routed upstream has a reachable
 //! backend, so a load balancer sends traffic only where it can be served.
 
+use crate::ops::metrics::METRICS;
 use crate::state::SharedSnapshot;
 use async_trait::async_trait;
 use http::Response;
@@ -18,9 +19,18 @@ impl ServeHttp for AdminApp {
         let (status, body) = match session.req_header().uri.path() {
             "/healthz" => (200, serde_json::json!({"status": "ok"})),
             "/readyz" => self.readiness(),
+            "/metrics" => {
+                let body = METRICS.render();
+                return Response::builder()
+                    .status(200)
+                    .header("Content-Type", "text/plain; version=0.0.4")
+                    .header("Content-Length", body.len())
+                    .body(body)
+                    .unwrap_or_default();
+            }
             _ => (
                 404,
-                serde_json::json!({"code": "not_found", "message": "try /healthz or /readyz"}),
+                serde_json::json!({"code": "not_found", "message": "try /healthz, /readyz or /metrics"}),
             ),
         };
         let body = body.to_string().into_bytes();

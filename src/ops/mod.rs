@@ -3,5 +3,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod logging;
+pub mod metrics;
+pub mod reload;
 pub mod server;
 pub mod upstream_health;

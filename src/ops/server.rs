@@ -2,9 +2,11 @@
 //! listeners, the admin endpoints on their own listener, the upstream health task.
 
 use crate::cli::Cli;
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::ops::access_log::AccessLog;
 use crate::ops::admin::AdminApp;
+use crate::ops::metrics::METRICS;
+use crate::ops::reload::Reloader;
 use crate::ops::upstream_health::UpstreamHealth;
 use crate::proxy::DifyGateway;
 use crate::state::{SharedSnapshot, Snapshot};
@@ -17,7 +19,7 @@ use pingora::services::listening::Service;
 use std::sync::Arc;
 
 /// Builds every service; the caller runs the server.
-pub fn build(cli: &Cli, config: Config) -> Result<Server, String> {
+pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, String> {
     let s = &config.server;
     let conf = ServerConf {
         threads: s.threads,
@@ -41,7 +43,9 @@ pub fn build(cli: &Cli, config: Config) -> Result<Server, String> {
     let listen = s.listen.clone();
     let tls = s.tls.clone();
     let admin_listen = s.admin_listen.clone();
-    let state: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, 1)?));
+    let snapshot = Snapshot::build(config, 1)?;
+    METRICS.set_config(snapshot.generation, &snapshot.config.hash);
+    let state: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
 
     let gateway = DifyGateway {
         state: state.clone(),
@@ -68,9 +72,13 @@ pub fn build(cli: &Cli, config: Config) -> Result<Server, String> {
         admin.add_tcp(&admin_listen);
         server.add_service(admin);
     }
+    let health = UpstreamHealth {
+        state: state.clone(),
+    };
+    server.add_service(background_service("upstream health", health));
     server.add_service(background_service(
-        "upstream health",
-        UpstreamHealth { state },
+        "config reload",
+        Reloader { state, source },
     ));
     Ok(server)
 }

@@ -15,6 +15,9 @@ pub struct RequestCtx {
     pub client: Option<ClientInfo>,
     /// The normalised path decisions were made on.
     pub path: String,
+    /// The matched route's prefix (a bounded metrics label), or what answered instead.
+    pub route: &'static str,
+    pub route_prefix: Option<String>,
     pub upstream: Option<Arc<Upstream>>,
     pub dify_hook_url: bool,
     /// Backends that refused a connection, so a retry picks another.
@@ -37,6 +40,8 @@ impl RequestCtx {
             trace_id: String::new(),
             client: None,
             path: String::new(),
+            route: "none",
+            route_prefix: None,
             upstream: None,
             dify_hook_url: false,
             tried: Vec::new(),

@@ -12,6 +12,7 @@ pub mod respond;
 mod sso_glue;
 
 use crate::ops::access_log::AccessLog;
+use crate::ops::metrics::{METRICS, status_class};
 use crate::routing::RouteMatch;
 use crate::routing::path::normalize;
 use crate::state::SharedSnapshot;
@@ -36,6 +37,7 @@ impl ProxyHttp for DifyGateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        METRICS.in_flight.inc();
         RequestCtx::new(self.state.load_full())
     }
 
@@ -68,12 +70,14 @@ impl ProxyHttp for DifyGateway {
         }
 
         if sso_glue::intercept(session, ctx).await? {
+            ctx.route = "sso";
             return Ok(true);
         }
 
         match snap.routes.find(&ctx.path) {
             RouteMatch::Proxy(route) => {
                 ctx.upstream = snap.upstreams.get(&route.upstream).cloned();
+                ctx.route_prefix = Some(route.prefix.clone());
                 ctx.dify_hook_url = route.dify_hook_url;
             }
             RouteMatch::AddSlash(prefix) => {
@@ -196,6 +200,12 @@ impl ProxyHttp for DifyGateway {
         if let Some(addr) = ctx.backend.take() {
             ctx.tried.push(addr);
         }
+        if let Some(u) = &ctx.upstream {
+            METRICS
+                .upstream_errors
+                .with_label_values(&[u.name.as_str(), "connect"])
+                .inc();
+        }
         let several = ctx.upstream.as_ref().is_some_and(|u| u.backend_count() > 1);
         if several && ctx.retries == 0 {
             ctx.retries += 1;
@@ -246,6 +256,12 @@ impl ProxyHttp for DifyGateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let (status, code, message) = classify(e);
+        if let (Some(u), ErrorSource::Upstream) = (&ctx.upstream, e.esource()) {
+            METRICS
+                .upstream_errors
+                .with_label_values(&[u.name.as_str(), code])
+                .inc();
+        }
         if ctx.trace_id.is_empty() {
             ctx.trace_id = uuid::Uuid::new_v4().to_string();
         }
@@ -268,6 +284,7 @@ impl ProxyHttp for DifyGateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.access_log.write(session, e, ctx);
+        record_metrics(session, ctx);
     }
 
     /// Pingora's own error lines: ours in `fail_to_proxy` carry the trace id instead.
@@ -285,6 +302,28 @@ impl ProxyHttp for DifyGateway {
             ctx.trace_id
         )
     }
+}
+
+/// Counts the finished request (called once per request, from `logging`).
+fn record_metrics(session: &Session, ctx: &RequestCtx) {
+    let m = &*METRICS;
+    m.in_flight.dec();
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    let route = ctx.route_prefix.as_deref().unwrap_or(ctx.route);
+    let upstream = ctx.upstream.as_ref().map_or("none", |u| u.name.as_str());
+    m.requests
+        .with_label_values(&[route, upstream, status_class(status)])
+        .inc();
+    m.request_duration
+        .with_label_values(&[route])
+        .observe(ctx.started.elapsed().as_secs_f64());
+    if let Some(t) = ctx.upstream_time {
+        m.upstream_duration
+            .with_label_values(&[upstream])
+            .observe(t.as_secs_f64());
+    }
+    m.received_bytes.inc_by(session.body_bytes_read() as u64);
+    m.sent_bytes.inc_by(session.body_bytes_sent() as u64);
 }
 
 /// Our status, error code and plain-language message for a failure.

@@ -5,7 +5,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct SsoConfig { pub enabled: bool }
 impl SsoConfig {
-    pub fn resolve(from_file: Option<SsoConfig>, _env: &impl Fn(&str) -> Option<String>) -> Option<SsoConfig> { from_file }
+    pub fn resolve(from_file: Option<SsoConfig>, _dify: &mut DifyConfig, _env: &impl Fn(&str) -> Option<String>) -> Option<SsoConfig> { from_file }
     pub fn is_enabled(&self) -> bool { self.enabled }
     pub fn summary(&self) -> String { "sso on".into() }
     pub fn validate(&self, _dify: &DifyConfig, _issues: &mut Vec<Issue>) {}

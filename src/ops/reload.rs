@@ -1,0 +1,157 @@
+//! Configuration reload without dropping a request: on `SIGHUP` (and, with `server.watch_config`,
+//! when the file changes on disk, e.g. a Kubernetes ConfigMap update) the file is read and
+//! validated completely, then swapped in as a new snapshot. Requests in flight keep the snapshot
+//! they started with. An invalid file changes nothing: the old configuration keeps serving.
+
+use crate::config::{Config, ConfigSource};
+use crate::ops::metrics::METRICS;
+use crate::state::{SharedSnapshot, Snapshot};
+use async_trait::async_trait;
+use notify::{RecursiveMode, Watcher};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+/// File events come in bursts (a ConfigMap swap is several renames): wait for quiet first.
+const SETTLE: Duration = Duration::from_millis(200);
+
+pub struct Reloader {
+    pub state: SharedSnapshot,
+    pub source: ConfigSource,
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, reload is off: {e}");
+                return;
+            }
+        };
+        let (tx, mut file_changed) = mpsc::channel::<()>(1);
+        let _watcher = self.watch_file(tx);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = hangup.recv() => {
+                    log::info!("SIGHUP: reloading the configuration");
+                    self.reload().await;
+                }
+                Some(()) = file_changed.recv() => {
+                    tokio::time::sleep(SETTLE).await;
+                    while file_changed.try_recv().is_ok() {}
+                    log::info!("configuration file changed: reloading");
+                    self.reload().await;
+                }
+            }
+        }
+    }
+}
+
+impl Reloader {
+    /// Watches the file's directory (ConfigMaps replace a symlink beside the file, not the file).
+    fn watch_file(&self, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+        let ConfigSource::File(path) = &self.source else {
+            return None;
+        };
+        if !self.state.load().config.server.watch_config {
+            return None;
+        }
+        let dir = path
+            .parent()
+            .map(PathBuf::from)
+            .filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.try_send(());
+                }
+            })
+            .map_err(|e| log::error!("cannot watch the configuration file: {e}"))
+            .ok()?;
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                log::info!("watching {} for configuration changes", dir.display());
+                Some(watcher)
+            }
+            Err(e) => {
+                log::error!("cannot watch {}: {e}", dir.display());
+                None
+            }
+        }
+    }
+
+    /// Loads, validates and swaps in the configuration; never exits the process.
+    pub async fn reload(&self) -> bool {
+        let old = self.state.load_full();
+        let config = match Config::load(&self.source) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in &errors {
+                    log::error!(error = e.to_string().as_str(); "reload refused, the running configuration stays");
+                }
+                METRICS.config_reloads.with_label_values(&["error"]).inc();
+                return false;
+            }
+        };
+        if config.hash == old.config.hash {
+            log::info!("configuration unchanged (hash {})", config.hash);
+            METRICS
+                .config_reloads
+                .with_label_values(&["unchanged"])
+                .inc();
+            return true;
+        }
+        for field in needs_upgrade(&old.config, &config) {
+            log::warn!(field = field; "this setting changed but needs a graceful upgrade (dify-gateway -u) to apply; the rest of the new configuration applies now");
+        }
+        let snapshot = match Snapshot::build(config, old.generation + 1) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!(error = e.as_str(); "reload refused, the running configuration stays");
+                METRICS.config_reloads.with_label_values(&["error"]).inc();
+                return false;
+            }
+        };
+        // Resolve and probe the new upstreams before any request uses them.
+        crate::ops::upstream_health::probe_all(&snapshot).await;
+        METRICS.set_config(snapshot.generation, &snapshot.config.hash);
+        log::info!(generation = snapshot.generation; "configuration reloaded: {}", snapshot.config.summary());
+        self.state.store(Arc::new(snapshot));
+        METRICS.config_reloads.with_label_values(&["success"]).inc();
+        true
+    }
+}
+
+/// Settings fixed when the process started (sockets, threads, files it holds open).
+fn needs_upgrade(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (o, n) = (&old.server, &new.server);
+    let mut changed = Vec::new();
+    let checks: [(&'static str, bool); 8] = [
+        ("server.listen", o.listen != n.listen),
+        ("server.threads", o.threads != n.threads),
+        ("server.tls", o.tls != n.tls),
+        ("server.admin_listen", o.admin_listen != n.admin_listen),
+        ("server.access_log", o.access_log != n.access_log),
+        ("server.pid_file", o.pid_file != n.pid_file),
+        ("server.upgrade_sock", o.upgrade_sock != n.upgrade_sock),
+        (
+            "server.grace_period / graceful_shutdown_timeout",
+            o.grace_period != n.grace_period
+                || o.graceful_shutdown_timeout != n.graceful_shutdown_timeout,
+        ),
+    ];
+    for (field, differs) in checks {
+        if differs {
+            changed.push(field);
+        }
+    }
+    changed
+}
