@@ -12,5 +12,6 @@ pub mod ops;
 pub mod pages;
 pub mod proxy;
 pub mod routing;
+pub mod secret;
 pub mod sso;
 pub mod state;

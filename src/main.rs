@@ -13,10 +13,10 @@ fn main() -> ExitCode {
     // One TLS provider for the whole process (Pingora's listeners and the SSO client).
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let source = cli
-        .config
-        .clone()
-        .map_or(ConfigSource::Embedded, ConfigSource::File);
+    // An absolute path, so a reload still finds the file after `-d` moved the working directory.
+    let source = cli.config.clone().map_or(ConfigSource::Embedded, |p| {
+        ConfigSource::File(std::fs::canonicalize(&p).unwrap_or(p))
+    });
     let config = match Config::load(&source) {
         Ok(config) => config,
         Err(errors) => {

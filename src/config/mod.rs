@@ -276,25 +276,37 @@ impl Config {
                 .collect::<Vec<_>>()
         })?;
         // An empty file is a valid, all-defaults configuration.
-        let mut config: Config = if expanded.trim().is_empty() {
-            serde_yaml_ng::from_str("{}")
+        let text = if expanded.trim().is_empty() {
+            "{}"
         } else {
-            serde_yaml_ng::from_str(&expanded)
-        }
+            expanded.as_str()
+        };
+        let map = SourceMap::build(&expanded);
+        // serde_path_to_error knows the field of every error, including those raised by our own
+        // parsers (durations, sizes), where serde_yaml_ng's own position is only approximate.
+        let mut config: Config = serde_path_to_error::deserialize(
+            serde_yaml_ng::Deserializer::from_str(text),
+        )
         .map_err(|e| {
-            let line = e.location().map(|l| l.line());
-            // serde_yaml_ng appends " at line N column M"; the line is already in front.
-            let msg = e.to_string();
-            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-            let (field, msg) = match msg.split_once(": ") {
-                Some((f, m)) if !f.contains(' ') => (f.to_string(), m.to_string()),
-                _ => (String::new(), msg),
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            let inner = e.into_inner();
+            let yaml_line = inner.location().map(|l| l.line());
+            // serde_yaml_ng puts its own "path: " in front and " at line N column M" behind.
+            let msg = inner.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg);
+            let msg = match msg.split_once(": ") {
+                Some((f, m)) if !f.contains(' ') => m,
+                _ => msg,
             };
-            vec![at(line, &field, msg)]
+            let line = match map.complete && !field.is_empty() {
+                true => map.line_of(&field).or(yaml_line),
+                false => yaml_line,
+            };
+            vec![at(line, &field, msg.to_string())]
         })?;
         config.fill_defaults(&env);
         config.hash = short_hash(&expanded);
-        let map = SourceMap::build(&expanded);
         let issues = config.validate();
         if issues.is_empty() {
             Ok(config)

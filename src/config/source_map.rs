@@ -9,15 +9,18 @@ use yaml_rust2::scanner::Marker;
 #[derive(Debug, Default, Clone)]
 pub struct SourceMap {
     lines: HashMap<String, usize>,
+    /// False when the text is not valid YAML: positions then come from the parser's error.
+    pub complete: bool,
 }
 
 impl SourceMap {
     /// Builds the map; a document that does not parse gives an empty map (serde reports that error).
     pub fn build(text: &str) -> SourceMap {
         let mut walker = Walker::default();
-        let _ = Parser::new_from_str(text).load(&mut walker, false);
+        let complete = Parser::new_from_str(text).load(&mut walker, false).is_ok();
         SourceMap {
             lines: walker.lines,
+            complete,
         }
     }
 

@@ -62,8 +62,10 @@ impl ErrorPage<'_> {
         }
         let title = status_title(self.status);
         let body = format!(
-            "<p>{}</p>\n<p><a href=\"javascript:location.reload()\">Try again</a> or go to the <a href=\"/\">start page</a>. \
-             If it keeps happening, give your administrator this trace id:</p>\n<p><code>{}</code></p>",
+            "<h1>{} {title}</h1>\n<p>{}</p>\n<p><a class=\"btn\" href=\"\">Try again</a> or go to the \
+             <a href=\"/\">start page</a>.</p>\n<p class=\"muted\">If it keeps happening, give your \
+             administrator this trace id: <code>{}</code></p>",
+            self.status,
             escape(self.message),
             escape(self.trace_id)
         );
@@ -75,16 +77,20 @@ impl ErrorPage<'_> {
     }
 }
 
-/// The HTML frame every page of the gateway shares.
+/// Pages carry no scripts and load nothing; forms may only post back to the gateway.
+pub const CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'";
+
+/// The HTML frame every page of the gateway shares; `body_html` brings its own heading.
 pub fn layout(title: &str, body_html: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{t}</title><style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto;\
-         padding:0 1rem;color:#1f2937}}h1{{font-size:1.5rem}}code{{background:#f3f4f6;padding:.2rem .4rem}}\
-         .button{{display:inline-block;background:#155eef;color:#fff;padding:.5rem 1rem;border-radius:.4rem;\
-         text-decoration:none;border:0;font-size:1rem;cursor:pointer}}</style></head>\n\
-         <body><h1>{t}</h1>\n{body_html}\n</body></html>\n",
+         <title>{t}</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;\
+         padding:0 1rem;color:#1f2937}}h1{{font-size:1.5rem}}code{{background:#f3f4f6;padding:.1rem .3rem}}\
+         .btn{{display:inline-block;background:#155eef;color:#fff;border:0;border-radius:.4rem;\
+         padding:.6rem 1.1rem;font-size:1rem;text-decoration:none;cursor:pointer}}\
+         .muted{{color:#6b7280;font-size:.9rem}}</style></head>\n<body>\n{body_html}\n</body></html>\n",
         t = escape(title)
     )
 }

@@ -1,0 +1,293 @@
+//! The `sso` section: keys fixed by issue 3, defaults, the seed bridge's environment as a fallback,
+//! and validation that says what was expected.
+
+use super::Secret;
+use crate::config::{Issue, parse_cidr, units};
+use crate::dify::{DifyConfig, SessionDelivery, is_http_url};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Sign-in protocols; each later one (oidc, oauth2, cas) adds a variant and a file in `providers/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// QSSO style: the SSO posts a one-time token, a management service swaps it for Dify tokens.
+    #[default]
+    TokenExchange,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExchangeConfig {
+    pub url: String,
+    #[serde(deserialize_with = "units::de_duration")]
+    pub timeout: Duration,
+    /// Extra request headers, e.g. an API key (values never printed).
+    pub headers: BTreeMap<String, Secret>,
+    pub insecure_skip_verify: bool,
+}
+
+impl Default for ExchangeConfig {
+    fn default() -> Self {
+        ExchangeConfig {
+            url: String::new(),
+            timeout: Duration::from_secs(10),
+            headers: BTreeMap::new(),
+            insecure_skip_verify: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsoConfig {
+    /// On when the section is present, unless `enabled: false`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub protocol: Protocol,
+    /// May contain `{callback_url}` and `{state}`; a literal URL (the seed's) works as is.
+    pub login_url: String,
+    pub callback_path: String,
+    pub token_param: String,
+    pub exchange: ExchangeConfig,
+    /// The SSO's own logout, sent to after a Dify logout; empty -> the gateway's signed-out page.
+    pub logout_url: String,
+    /// Clients whose `/signin` reaches Dify's own page (escape hatch when the SSO is down).
+    #[serde(deserialize_with = "units::de_string_list")]
+    pub bypass_cidrs: Vec<String>,
+    /// Close Dify's password, email-code, forgot-password, OAuth and invitation ways in.
+    pub enforce: bool,
+    pub support_contact: String,
+    /// Signs the gateway's state cookies; replicas must share it. Random per process if empty.
+    pub state_secret: Secret,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub const DEFAULT_CALLBACK_PATH: &str = "/qsso_backcall";
+pub const DEFAULT_TOKEN_PARAM: &str = "token";
+
+impl Default for SsoConfig {
+    fn default() -> Self {
+        SsoConfig {
+            enabled: false,
+            protocol: Protocol::TokenExchange,
+            login_url: String::new(),
+            callback_path: DEFAULT_CALLBACK_PATH.into(),
+            token_param: DEFAULT_TOKEN_PARAM.into(),
+            exchange: ExchangeConfig::default(),
+            logout_url: String::new(),
+            bypass_cidrs: Vec::new(),
+            enforce: false,
+            support_contact: String::new(),
+            state_secret: Secret::default(),
+        }
+    }
+}
+
+fn non_empty(env: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    env(name)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+impl SsoConfig {
+    /// The `sso` section in force: the file's, or, without one, one built from the seed bridge's
+    /// environment (`QSSO_LOGIN_URL`, `DIFY_TOKEN_BY_QSSO_API_BASE_URL`, `DIFY_HOME_PAGE_BASE_URL`,
+    /// `DIFY_SECRET_KEY`/`SECRET_KEY`). In that case `dify` values the file left unset are filled
+    /// too: home, secret key, and delivery (`cookie` with a key, `query` without, as the seed did),
+    /// plus Dify's own cookie settings when they are in the environment.
+    pub fn resolve(
+        from_file: Option<SsoConfig>,
+        dify: &mut DifyConfig,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Option<SsoConfig> {
+        if from_file.is_some() {
+            return from_file;
+        }
+        let login_url = non_empty(env, "QSSO_LOGIN_URL");
+        let exchange_url = non_empty(env, "DIFY_TOKEN_BY_QSSO_API_BASE_URL");
+        if login_url.is_none() && exchange_url.is_none() {
+            return None;
+        }
+        // One of the two alone is still taken as the wish to turn SSO on, so that validation names
+        // the missing one instead of the gateway silently running without SSO.
+        if dify.home.is_none() {
+            dify.home = non_empty(env, "DIFY_HOME_PAGE_BASE_URL");
+        }
+        if dify.secret_key.is_empty()
+            && let Some(k) =
+                non_empty(env, "DIFY_SECRET_KEY").or_else(|| non_empty(env, "SECRET_KEY"))
+        {
+            dify.secret_key = Secret::new(k);
+        }
+        if dify.session_delivery.is_none() {
+            let with_key = !dify.secret_key.is_empty();
+            dify.session_delivery = Some(if with_key {
+                SessionDelivery::Cookie
+            } else {
+                SessionDelivery::Query
+            });
+        }
+        for (field, var) in [
+            (&mut dify.console_web_url, "CONSOLE_WEB_URL"),
+            (&mut dify.console_api_url, "CONSOLE_API_URL"),
+            (&mut dify.cookie_domain, "COOKIE_DOMAIN"),
+        ] {
+            if field.is_empty() {
+                *field = non_empty(env, var).unwrap_or_default();
+            }
+        }
+        Some(SsoConfig {
+            enabled: true,
+            login_url: login_url.unwrap_or_default(),
+            exchange: ExchangeConfig {
+                url: exchange_url.unwrap_or_default(),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn summary(&self) -> String {
+        let protocol = match self.protocol {
+            Protocol::TokenExchange => "token_exchange",
+        };
+        let mut s = format!("sso {protocol} callback {}", self.callback_path);
+        if self.enforce {
+            s.push_str(" enforced");
+        }
+        if !self.bypass_cidrs.is_empty() {
+            s.push_str(&format!(" bypass {}", self.bypass_cidrs.join(",")));
+        }
+        s
+    }
+
+    /// The file's semantic problems. A disabled section is not checked beyond its syntax.
+    pub fn validate(&self, dify: &DifyConfig, issues: &mut Vec<Issue>) {
+        if !self.enabled {
+            return;
+        }
+        let mut bad = |field: &str, msg: String| issues.push(Issue::new(field, msg));
+        match self.protocol {
+            Protocol::TokenExchange => self.validate_token_exchange(&mut bad),
+        }
+        let cb = &self.callback_path;
+        if !cb.starts_with('/') || cb.starts_with("//") || cb.contains(['?', '#', ' ', '\\']) {
+            bad(
+                "sso.callback_path",
+                format!("expected a path such as /qsso_backcall, got {cb:?}"),
+            );
+        } else if cb.trim_end_matches('/') == "/signin"
+            || cb.starts_with("/sso/")
+            || cb.trim_end_matches('/').is_empty()
+        {
+            bad(
+                "sso.callback_path",
+                format!("{cb:?} is taken by the gateway; expected a path such as /qsso_backcall"),
+            );
+        }
+        let tp = &self.token_param;
+        if tp.is_empty()
+            || !tp
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            bad(
+                "sso.token_param",
+                format!("expected a form field name such as token, got {tp:?}"),
+            );
+        }
+        let lo = &self.logout_url;
+        if !lo.is_empty() && !is_http_url(lo) {
+            bad(
+                "sso.logout_url",
+                format!(
+                    "expected an absolute http(s) URL of the SSO's logout, or empty, got {lo:?}"
+                ),
+            );
+        }
+        for (i, cidr) in self.bypass_cidrs.iter().enumerate() {
+            if parse_cidr(cidr).is_none() {
+                bad(
+                    &format!("sso.bypass_cidrs[{i}]"),
+                    format!("expected a CIDR such as 10.0.0.0/8 or an address, got {cidr:?}"),
+                );
+            }
+        }
+        if !self.state_secret.is_empty() && self.state_secret.expose().len() < 16 {
+            bad(
+                "sso.state_secret",
+                "expected at least 16 characters of random text (e.g. `openssl rand -hex 32`)"
+                    .into(),
+            );
+        }
+        if dify.delivery() == SessionDelivery::Cookie && dify.secret_key().is_none() {
+            bad(
+                "dify.secret_key",
+                "expected Dify's SECRET_KEY: cookie delivery checks the access token and signs the CSRF token with it \
+                 (or set dify.session_delivery: query for Dify <= 1.9.1)"
+                    .into(),
+            );
+        }
+    }
+
+    fn validate_token_exchange(&self, bad: &mut impl FnMut(&str, String)) {
+        let login = &self.login_url;
+        let filled = login.replace("{callback_url}", "x").replace("{state}", "x");
+        if login.is_empty() {
+            bad("sso.login_url", "expected the SSO login page, e.g. https://sso.example.com/login?ret={callback_url}".into());
+        } else if !is_http_url(&filled) {
+            bad(
+                "sso.login_url",
+                format!("expected an absolute http(s) URL, got {login:?}"),
+            );
+        } else if filled.contains(['{', '}']) {
+            bad(
+                "sso.login_url",
+                format!(
+                    "unknown placeholder in {login:?}; expected only {{callback_url}} and {{state}}"
+                ),
+            );
+        }
+        let ex = &self.exchange;
+        if ex.url.is_empty() {
+            bad("sso.exchange.url", "expected the management service's token exchange URL, e.g. http://manager:8087/get_dify_token".into());
+        } else if !is_http_url(&ex.url) || ex.url.contains('#') {
+            bad(
+                "sso.exchange.url",
+                format!(
+                    "expected an absolute http(s) URL without #fragment, got {:?}",
+                    ex.url
+                ),
+            );
+        }
+        if ex.timeout.is_zero() || ex.timeout > Duration::from_secs(300) {
+            bad(
+                "sso.exchange.timeout",
+                "expected a duration above 0 and at most 5m, such as 10s".into(),
+            );
+        }
+        for (name, value) in &ex.headers {
+            let field = format!("sso.exchange.headers.{name}");
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                bad(
+                    &field,
+                    format!("expected a header name such as X-Api-Key, got {name:?}"),
+                );
+            } else if http::HeaderValue::from_str(value.expose()).is_err() {
+                bad(
+                    &field,
+                    "expected a header value of visible ASCII characters".into(),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Why a sign-in failed, in words for the user, with the HTTP status issue 3 item 5 assigns.
+//! A failure is always answered with a page, never with a redirect back into the flow.
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SsoFailure {
+    #[error("The sign-in server sent no sign-in token.")]
+    MissingToken,
+    #[error("The sign-in request was too large.")]
+    BodyTooLarge,
+    #[error("The sign-in request could not be read: {0}")]
+    BadCallback(String),
+    #[error("The account service could not be reached.")]
+    ExchangeUnreachable,
+    #[error("The account service did not answer in time.")]
+    ExchangeTimeout,
+    #[error(
+        "The account service refused the sign-in (status {0}): the sign-in token may have expired or been used already."
+    )]
+    ExchangeRefused(u16),
+    #[error("The account service answered with an error: {0}")]
+    ExchangeFailed(String),
+    #[error(
+        "Sign-in was attempted too many times in a short while, so it was stopped to avoid an endless loop. Wait a minute, then try again."
+    )]
+    RedirectLoop,
+    #[error("This sign-in method is not available: {0}")]
+    NotAvailable(String),
+}
+
+impl SsoFailure {
+    pub fn status(&self) -> u16 {
+        match self {
+            SsoFailure::MissingToken | SsoFailure::BadCallback(_) => 400,
+            SsoFailure::BodyTooLarge => 413,
+            SsoFailure::ExchangeUnreachable | SsoFailure::ExchangeFailed(_) => 502,
+            SsoFailure::ExchangeTimeout => 504,
+            SsoFailure::ExchangeRefused(_) => 401,
+            SsoFailure::RedirectLoop => 429,
+            SsoFailure::NotAvailable(_) => 501,
+        }
+    }
+
+    /// A stable machine-readable code for the JSON answer and the logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SsoFailure::MissingToken => "sso_missing_token",
+            SsoFailure::BodyTooLarge => "sso_body_too_large",
+            SsoFailure::BadCallback(_) => "sso_bad_callback",
+            SsoFailure::ExchangeUnreachable => "sso_exchange_unreachable",
+            SsoFailure::ExchangeTimeout => "sso_exchange_timeout",
+            SsoFailure::ExchangeRefused(_) => "sso_token_refused",
+            SsoFailure::ExchangeFailed(_) => "sso_exchange_failed",
+            SsoFailure::RedirectLoop => "sso_redirect_loop",
+            SsoFailure::NotAvailable(_) => "sso_not_available",
+        }
+    }
+}

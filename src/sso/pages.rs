@@ -1,0 +1,146 @@
+//! The pages the flow answers with itself: the sign-in error page (HTML, or JSON when asked for),
+//! the signed-out page, and the `sso.enforce` refusal. Self-contained HTML, no scripts.
+
+use super::browser_cookies::SIGNED_OUT_PATH;
+use super::failure::SsoFailure;
+use super::request::SsoResponse;
+
+use crate::pages::{CSP, escape as escape_html, layout};
+
+const HTML: &str = "text/html; charset=utf-8";
+const JSON: &str = "application/json";
+
+fn page(status: u16, title: &str, inner: &str) -> SsoResponse {
+    let mut r = SsoResponse::with_body(status, HTML, layout(title, inner));
+    r.headers.push((
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(CSP),
+    ));
+    r
+}
+
+/// The sign-in error answer; `trace_id` is the flow's, for the user to quote to the administrator.
+pub fn error(
+    failure: &SsoFailure,
+    trace_id: &str,
+    support_contact: &str,
+    wants_json: bool,
+) -> SsoResponse {
+    let status = failure.status();
+    let reason = failure.to_string();
+    if wants_json {
+        let mut body = serde_json::json!({
+            "code": failure.code(),
+            "message": reason,
+            "status": status,
+            "trace_id": trace_id,
+            "retry_url": "/signin",
+        });
+        if !support_contact.is_empty() {
+            body["support_contact"] = support_contact.into();
+        }
+        return SsoResponse::with_body(status, JSON, body.to_string());
+    }
+    let contact = if support_contact.is_empty() {
+        "If this keeps happening, contact your administrator".to_string()
+    } else {
+        format!(
+            "If this keeps happening, contact {}",
+            escape_html(support_contact)
+        )
+    };
+    let inner = format!(
+        "<h1>Sign-in failed</h1><p>{reason}</p>\
+         <p><a class=\"btn\" href=\"/signin\">Try again</a></p>\
+         <p class=\"muted\">{contact} and quote this trace id: <code>{trace}</code></p>",
+        reason = escape_html(&reason),
+        trace = escape_html(trace_id),
+    );
+    page(status, "Sign-in failed", &inner)
+}
+
+/// `/sso/signed-out`: the button posts back here, which clears the mark and starts a sign-in.
+pub fn signed_out() -> SsoResponse {
+    let inner = format!(
+        "<h1>You are signed out</h1><p>You have signed out of Dify.</p>\
+         <form method=\"post\" action=\"{SIGNED_OUT_PATH}\"><button class=\"btn\" type=\"submit\">Sign in again</button></form>"
+    );
+    page(200, "Signed out", &inner)
+}
+
+/// Dify's other ways in, closed by `sso.enforce`.
+pub fn enforced(trace_id: &str) -> SsoResponse {
+    let body = serde_json::json!({
+        "code": "sso_enforced",
+        "message": "This Dify only accepts single sign-on; sign in through /signin.",
+        "status": 403,
+        "trace_id": trace_id,
+    });
+    SsoResponse::with_body(403, JSON, body.to_string())
+}
+
+pub fn method_not_allowed(allow: &'static str) -> SsoResponse {
+    let mut r = SsoResponse::with_body(405, "text/plain; charset=utf-8", "method not allowed\n");
+    r.headers
+        .push((http::header::ALLOW, http::HeaderValue::from_static(allow)));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(r: &SsoResponse) -> String {
+        String::from_utf8(r.body.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn error_page_has_reason_trace_retry_and_contact() {
+        let r = error(
+            &SsoFailure::ExchangeTimeout,
+            "t-123",
+            "it@example.com <ext. 5>",
+            false,
+        );
+        assert_eq!(r.status, 504);
+        let b = body(&r);
+        assert!(b.contains("did not answer in time"), "{b}");
+        assert!(b.contains("t-123") && b.contains("href=\"/signin\""));
+        assert!(
+            b.contains("it@example.com &lt;ext. 5&gt;"),
+            "contact is escaped: {b}"
+        );
+        assert_eq!(r.header(&http::header::CACHE_CONTROL), Some("no-store"));
+    }
+
+    #[test]
+    fn error_json_when_asked() {
+        let r = error(&SsoFailure::ExchangeRefused(403), "t-1", "", true);
+        assert_eq!(r.status, 401);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["code"], "sso_token_refused");
+        assert_eq!(v["trace_id"], "t-1");
+        assert_eq!(v["retry_url"], "/signin");
+        assert!(v.get("support_contact").is_none());
+    }
+
+    #[test]
+    fn signed_out_page_offers_sign_in_again() {
+        let r = signed_out();
+        assert_eq!(r.status, 200);
+        let b = body(&r);
+        assert!(
+            b.contains("You are signed out")
+                && b.contains("Sign in again")
+                && b.contains("method=\"post\"")
+        );
+    }
+
+    #[test]
+    fn enforced_is_json_403() {
+        let r = enforced("t");
+        assert_eq!(r.status, 403);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["code"], "sso_enforced");
+    }
+}

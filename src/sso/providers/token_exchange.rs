@@ -1,0 +1,221 @@
+//! QSSO-style token exchange (the seed bridge's protocol): `/signin` goes to the SSO login page,
+//! the SSO posts a one-time token to the callback, and a management service swaps it for Dify
+//! tokens: `GET <exchange.url>?trace_id=<id>&token=<token>` -> `{"access_token", "refresh_token"}`.
+
+use crate::dify::DifySession;
+use crate::dify::redirect::{append_query, encode_component};
+use crate::sso::config::SsoConfig;
+use crate::sso::failure::SsoFailure;
+use crate::sso::mask;
+use crate::sso::protocol::{CallbackInput, LoginStart, SignInOutcome, SignInProtocol};
+use std::time::Duration;
+
+/// The management service's answer is a small JSON object; anything bigger is not it.
+const MAX_ANSWER: usize = 64 * 1024;
+
+pub struct TokenExchange {
+    client: reqwest::Client,
+    login_url: String,
+    token_param: String,
+    exchange_url: String,
+}
+
+impl TokenExchange {
+    pub fn new(sso: &SsoConfig) -> Result<TokenExchange, String> {
+        // The process installs the ring provider at start; this covers tests and other callers.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ex = &sso.exchange;
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in &ex.headers {
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| format!("sso.exchange.headers: {e}"))?;
+            let mut value = http::HeaderValue::from_str(value.expose())
+                .map_err(|e| format!("sso.exchange.headers: {e}"))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        if ex.insecure_skip_verify {
+            log::warn!(
+                "sso.exchange.insecure_skip_verify is on: the token exchange accepts any TLS certificate"
+            );
+        }
+        let client = reqwest::Client::builder()
+            .tls_backend_rustls()
+            .tls_danger_accept_invalid_certs(ex.insecure_skip_verify)
+            .timeout(ex.timeout)
+            .connect_timeout(ex.timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            // A redirect from the management service is an error, not something to follow blindly.
+            .redirect(reqwest::redirect::Policy::none())
+            .default_headers(headers)
+            .build()
+            .map_err(|e| format!("cannot build the token exchange client: {e}"))?;
+        Ok(TokenExchange {
+            client,
+            login_url: sso.login_url.clone(),
+            token_param: sso.token_param.clone(),
+            exchange_url: ex.url.clone(),
+        })
+    }
+
+    async fn call(&self, token: &str, trace_id: &str) -> Result<DifySession, SsoFailure> {
+        let url = append_query(
+            &self.exchange_url,
+            &[("trace_id", trace_id), ("token", token)],
+        );
+        let started = std::time::Instant::now();
+        let sent = self
+            .client
+            .get(&url)
+            .header("X-Request-Id", trace_id)
+            .send()
+            .await;
+        // `without_url`: the URL carries the SSO token and must not reach the log.
+        let mut resp = sent.map_err(|e| send_failure(e.without_url(), trace_id))?;
+        let status = resp.status().as_u16();
+        log::info!(trace_id = trace_id, status = status, elapsed_ms = started.elapsed().as_millis() as u64;
+            "token exchange answered");
+        match status {
+            200 => {}
+            400..=499 => return Err(SsoFailure::ExchangeRefused(status)),
+            _ => {
+                return Err(SsoFailure::ExchangeFailed(format!(
+                    "it answered with status {status}"
+                )));
+            }
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| send_failure(e.without_url(), trace_id))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err(SsoFailure::ExchangeFailed(
+                    "its answer is larger than 64 KiB".into(),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        parse_answer(&body)
+    }
+}
+
+fn send_failure(e: reqwest::Error, trace_id: &str) -> SsoFailure {
+    log::warn!(trace_id = trace_id, error = e.to_string().as_str(); "token exchange request failed");
+    if e.is_timeout() {
+        SsoFailure::ExchangeTimeout
+    } else {
+        SsoFailure::ExchangeUnreachable
+    }
+}
+
+/// `{"access_token": "...", "refresh_token": "...", "csrf_token"?: "..."}`.
+pub fn parse_answer(body: &[u8]) -> Result<DifySession, SsoFailure> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| SsoFailure::ExchangeFailed("its answer is not JSON".into()))?;
+    let field = |name: &str| {
+        value
+            .get(name)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let missing = |name: &str| SsoFailure::ExchangeFailed(format!("its answer has no {name}"));
+    Ok(DifySession {
+        access_token: field("access_token").ok_or_else(|| missing("access_token"))?,
+        refresh_token: field("refresh_token").ok_or_else(|| missing("refresh_token"))?,
+        csrf_token: field("csrf_token"),
+    })
+}
+
+#[async_trait::async_trait]
+impl SignInProtocol for TokenExchange {
+    fn name(&self) -> &'static str {
+        "token_exchange"
+    }
+
+    fn login_redirect(&self, start: &LoginStart<'_>) -> String {
+        self.login_url
+            .replace("{callback_url}", &encode_component(start.callback_url))
+            .replace("{state}", &encode_component(start.state))
+    }
+
+    async fn finish(&self, callback: &CallbackInput<'_>) -> Result<SignInOutcome, SsoFailure> {
+        let token = callback
+            .param(&self.token_param)
+            .filter(|t| !t.trim().is_empty())
+            .ok_or(SsoFailure::MissingToken)?;
+        log::info!(trace_id = callback.trace_id, sso_token = mask(token).as_str(); "exchanging the SSO token");
+        self.call(token, callback.trace_id)
+            .await
+            .map(SignInOutcome::Session)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_parsing() {
+        let s = parse_answer(br#"{"access_token":"a","refresh_token":"r"}"#).unwrap();
+        assert_eq!(
+            (
+                s.access_token.as_str(),
+                s.refresh_token.as_str(),
+                s.csrf_token
+            ),
+            ("a", "r", None)
+        );
+        let s = parse_answer(br#"{"access_token":"a","refresh_token":"r","csrf_token":"c","x":1}"#)
+            .unwrap();
+        assert_eq!(s.csrf_token.as_deref(), Some("c"));
+        for (body, why) in [
+            (&b"<html>oops</html>"[..], "not JSON"),
+            (br#"{"refresh_token":"r"}"#, "no access_token"),
+            (
+                br#"{"access_token":"a","refresh_token":""}"#,
+                "no refresh_token",
+            ),
+            (
+                br#"{"access_token":1,"refresh_token":"r"}"#,
+                "no access_token",
+            ),
+            (br#"[1,2]"#, "no access_token"),
+        ] {
+            let e = parse_answer(body).unwrap_err();
+            assert!(
+                matches!(&e, SsoFailure::ExchangeFailed(m) if m.contains(why)),
+                "{e:?}"
+            );
+            assert_eq!(e.status(), 502);
+        }
+    }
+
+    #[test]
+    fn login_url_placeholders() {
+        let sso = SsoConfig {
+            login_url: "https://sso.example.com/login.php?ret={callback_url}&s={state}".into(),
+            ..Default::default()
+        };
+        let te = TokenExchange::new(&sso).unwrap();
+        let start = LoginStart {
+            callback_url: "https://dify.example.com/qsso_backcall",
+            state: "n 1",
+            trace_id: "t",
+        };
+        assert_eq!(
+            te.login_redirect(&start),
+            "https://sso.example.com/login.php?ret=https%3A%2F%2Fdify.example.com%2Fqsso_backcall&s=n%201"
+        );
+        let literal = SsoConfig {
+            login_url: "https://sso.example.com/login.php?ret=x%2Fy".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            TokenExchange::new(&literal).unwrap().login_redirect(&start),
+            "https://sso.example.com/login.php?ret=x%2Fy"
+        );
+    }
+}
