@@ -94,6 +94,10 @@ impl SsoFlow {
         };
         log::info!(trace_id = req.trace_id, flow_id = flow_id.as_str(), user_id = checked.user_id.as_deref().unwrap_or("-");
             "sign-in complete");
+        crate::ops::metrics::METRICS
+            .sso_signins
+            .with_label_values(&[self.protocol.name(), "success", "ok"])
+            .inc();
         let writer = CookieWriter {
             https: req.is_https(),
         };

@@ -156,6 +156,10 @@ impl SsoFlow {
     ) -> SsoResponse {
         log::warn!(trace_id = req.trace_id, flow_id = flow_id, code = failure.code(), status = failure.status();
             "sign-in failed: {failure}");
+        crate::ops::metrics::METRICS
+            .sso_signins
+            .with_label_values(&[self.protocol.name(), "failure", failure.code()])
+            .inc();
         pages::error(failure, flow_id, &self.support_contact, req.wants_json())
     }
 

@@ -73,6 +73,9 @@ impl TokenExchange {
         // `without_url`: the URL carries the SSO token and must not reach the log.
         let mut resp = sent.map_err(|e| send_failure(e.without_url(), trace_id))?;
         let status = resp.status().as_u16();
+        crate::ops::metrics::METRICS
+            .sso_exchange_duration
+            .observe(started.elapsed().as_secs_f64());
         log::info!(trace_id = trace_id, status = status, elapsed_ms = started.elapsed().as_millis() as u64;
             "token exchange answered");
         match status {
