@@ -76,10 +76,11 @@ pub struct ServerConfig {
     pub pid_file: String,
     /// The Unix socket through which `-u` takes the listeners over from the running instance.
     pub upgrade_sock: String,
-    /// Seconds a stopping process keeps accepting after handing over (Pingora's grace period).
+    /// How long a stopping process lets requests in flight and open streams go on (Pingora's
+    /// grace period); new connections are refused (SIGTERM) or go to the new process (upgrade).
     #[serde(deserialize_with = "units::de_duration")]
     pub grace_period: Duration,
-    /// Seconds a stopping process gives requests in flight before it exits.
+    /// Then, how long the runtimes get to wind down before the process exits.
     #[serde(deserialize_with = "units::de_duration")]
     pub graceful_shutdown_timeout: Duration,
     /// Reload when the file changes on disk (a Kubernetes ConfigMap update), not only on SIGHUP.
@@ -97,9 +98,10 @@ impl Default for ServerConfig {
             access_log: None,
             pid_file: "/tmp/dify-gateway.pid".into(),
             upgrade_sock: "/tmp/dify-gateway-upgrade.sock".into(),
-            // Kubernetes gives a pod 30 s and systemd 90 s: hand over and drain well inside both.
-            grace_period: Duration::from_secs(5),
-            graceful_shutdown_timeout: Duration::from_secs(20),
+            // Kubernetes gives a pod 30 s and systemd 90 s (Pingora's own 300 s would be killed
+            // midway): streams get 20 s to finish, the whole stop fits in 25 s.
+            grace_period: Duration::from_secs(20),
+            graceful_shutdown_timeout: Duration::from_secs(5),
             watch_config: false,
         }
     }

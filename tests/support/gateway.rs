@@ -36,6 +36,8 @@ pub struct GatewayBuilder {
     limits: BTreeMap<String, String>,
     /// Raw YAML appended at top level (e.g. `sso:` sections for later tests).
     extra_yaml: String,
+    /// Extra `key: value` lines inside the `server:` section.
+    server_yaml: Vec<String>,
     env: Vec<(String, String)>,
     rust_log: String,
     embedded: bool,
@@ -63,6 +65,7 @@ impl GatewayBuilder {
             routes: None,
             limits: BTreeMap::new(),
             extra_yaml: String::new(),
+            server_yaml: Vec::new(),
             env: Vec::new(),
             rust_log: "info".into(),
             embedded: false,
@@ -119,6 +122,17 @@ impl GatewayBuilder {
         self
     }
 
+    /// `server.<key>: <value>` (the value is written as YAML as given), e.g. `server("grace_period", "1s")`.
+    pub fn server(mut self, key: &str, value: &str) -> Self {
+        self.server_yaml.push(format!("  {key}: {value}\n"));
+        self
+    }
+
+    /// A path in the test's temporary directory (for pid files, sockets, configs).
+    pub fn temp_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
         self
@@ -152,6 +166,9 @@ impl GatewayBuilder {
         y.push_str(&format!("  trusted_proxies: [{}]\n", trusted.join(", ")));
         if let Some(p) = &self.access_log {
             y.push_str(&format!("  access_log: {}\n", yq(&p.display().to_string())));
+        }
+        for line in &self.server_yaml {
+            y.push_str(line);
         }
         y.push_str("upstreams:\n");
         let mut upstreams = self.upstreams.clone();
@@ -274,6 +291,31 @@ impl Gateway {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the gateway process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status, or None if still running.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Everything the gateway wrote to stderr so far.

@@ -1,0 +1,366 @@
+//! The process over its life: reload under load, a refused reload, graceful binary upgrade under
+//! load, draining on SIGTERM with a stream open, and the metrics that describe all of it.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// A bounded load from the test itself: `workers` keep-alive clients sending `GET path` until
+/// stopped (or `limit` passes), counting answers that are not 200.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, workers: usize, limit: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, ok, failed, errors, url) = (
+                    stop.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    errors.clone(),
+                    url.clone(),
+                );
+                tokio::spawn(async move {
+                    let client = client();
+                    while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+                        let answer = match client.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => {
+                                r.bytes().await.map(|_| ()).map_err(|e| format!("{e:?}"))
+                            }
+                            Ok(r) => Err(format!("status {}", r.status())),
+                            Err(e) => Err(format!("{e:?}")),
+                        };
+                        match answer {
+                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                errors.lock().unwrap().push(e);
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            errors,
+            tasks,
+        }
+    }
+
+    /// Stops the load; (answered, failed, first errors).
+    async fn finish(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let errors = self
+            .errors
+            .lock()
+            .unwrap()
+            .iter()
+            .take(5)
+            .cloned()
+            .collect();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}
+
+/// Which mock answered `GET /probe` right now.
+async fn probe_answer(gw: &Gateway) -> String {
+    Req::get("/probe").send(gw.listen).await.echo().upstream
+}
+
+async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("/metrics parses as Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_under_load_lose_nothing_and_apply_within_a_second() {
+    let a = MockUpstream::echo("a").await;
+    let b = MockUpstream::echo("b").await;
+    let builder = Gateway::builder()
+        .upstream("a", &[a.addr])
+        .upstream("b", &[b.addr])
+        .route("/probe", "a");
+    let to_a = builder.to_yaml();
+    let to_b = to_a.replace("upstream: \"a\"", "upstream: \"b\"");
+    assert_ne!(to_a, to_b);
+    let gw = builder.start().await;
+    assert_eq!(probe_answer(&gw).await, "a");
+
+    let load = Load::start(gw.url("/probe"), 4, Duration::from_secs(60));
+    for i in 0..20 {
+        let (yaml, want) = if i % 2 == 0 {
+            (&to_b, "b")
+        } else {
+            (&to_a, "a")
+        };
+        std::fs::write(&gw.config_path, yaml).unwrap();
+        gw.signal(libc::SIGHUP);
+        let switched = poll_until(Duration::from_secs(1), || async {
+            (probe_answer(&gw).await == want).then_some(())
+        })
+        .await;
+        assert!(
+            switched.is_some(),
+            "reload {i}: /probe did not move to {want} within 1 s"
+        );
+    }
+    let (ok, failed, errors) = load.finish().await;
+    eprintln!("20 reloads under load: {ok} requests answered, {failed} failed");
+    assert_eq!(failed, 0, "requests failed during reloads: {errors:?}");
+    assert!(
+        ok >= 1000,
+        "the load was too light to mean anything: {ok} requests"
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "dify_gateway_config_reloads_total",
+            &[("result", "success")]
+        )
+        .await,
+        20.0
+    );
+    assert_eq!(
+        metric(&gw, "dify_gateway_config_generation", &[]).await,
+        21.0
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_config_on_sighup_changes_nothing() {
+    let a = MockUpstream::echo("a").await;
+    let gw = Gateway::builder()
+        .upstream("a", &[a.addr])
+        .route("/probe", "a")
+        .start()
+        .await;
+    std::fs::write(
+        &gw.config_path,
+        "server:\n  threads: 1\nroutes:\n  - { prefix: /probe, upstream: nope }\n",
+    )
+    .unwrap();
+    gw.signal(libc::SIGHUP);
+    let refused = poll_until(WAIT, || async {
+        let n = metric(
+            &gw,
+            "dify_gateway_config_reloads_total",
+            &[("result", "error")],
+        )
+        .await;
+        (n == 1.0).then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "the refused reload was not counted");
+    assert_eq!(
+        probe_answer(&gw).await,
+        "a",
+        "the old configuration must keep serving"
+    );
+    let logged = gw.log_lines().into_iter().any(|l| {
+        l["level"] == "ERROR"
+            && l["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(":4: routes[0].upstream: unknown upstream"))
+    });
+    assert!(
+        logged,
+        "the error must be logged with line and field:\n{}",
+        gw.stderr()
+    );
+    assert_eq!(
+        metric(&gw, "dify_gateway_config_generation", &[]).await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_upgrade_under_load_refuses_nothing() {
+    let a = MockUpstream::echo("a").await;
+    let builder = Gateway::builder()
+        .upstream("a", &[a.addr])
+        .route("/probe", "a");
+    let sock = builder.temp_path("upgrade.sock");
+    let mut old = builder
+        .server("upgrade_sock", &yq(&sock.display().to_string()))
+        .server("grace_period", "1s")
+        .server("graceful_shutdown_timeout", "2s")
+        .start()
+        .await;
+    let load = Load::start(old.url("/probe"), 4, Duration::from_secs(60));
+
+    // The new binary waits on the upgrade socket for the listeners of the old one.
+    let new_log = tempfile::NamedTempFile::new().unwrap();
+    let mut new = std::process::Command::new(BIN)
+        .arg("-u")
+        .arg("-c")
+        .arg(&old.config_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(new_log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let _kill_new = KillOnDrop(new.id() as i32);
+    let waiting = poll_until(WAIT, || async { sock.exists().then_some(()) }).await;
+    assert!(
+        waiting.is_some(),
+        "the new process never opened the upgrade socket"
+    );
+
+    old.signal(libc::SIGQUIT);
+    let exited = old.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        exited.is_some(),
+        "the old process did not exit after handing over:\n{}",
+        old.stderr()
+    );
+    // The listeners are the new process's now; keep the load on it a little longer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failed, errors) = load.finish().await;
+    assert!(new.try_wait().unwrap().is_none(), "the new process died");
+    let new_stderr = std::fs::read_to_string(new_log.path()).unwrap();
+    eprintln!("graceful upgrade under load: {ok} requests answered, {failed} failed");
+    assert_eq!(
+        failed, 0,
+        "requests failed during the upgrade: {errors:?}\nnew process:\n{new_stderr}"
+    );
+    assert!(
+        ok >= 500,
+        "the load was too light to mean anything: {ok} requests"
+    );
+    assert_eq!(
+        probe_answer(&old).await,
+        "a",
+        "the new process serves on the same address"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_keeps_an_open_stream_flowing_then_exits_in_time() {
+    let sse = MockUpstream::sse("web", 100, Duration::from_millis(100)).await;
+    let mut gw = Gateway::builder()
+        .upstream("web", &[sse.addr])
+        .server("grace_period", "2s")
+        .server("graceful_shutdown_timeout", "2s")
+        .start()
+        .await;
+    let mut stream = client().get(gw.url("/stream")).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let first = tokio::time::timeout(WAIT, stream.chunk())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.is_some_and(|c| String::from_utf8_lossy(&c).contains("event 0")));
+
+    gw.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    let mut after = 0;
+    while let Ok(Ok(Some(chunk))) =
+        tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await
+    {
+        after += String::from_utf8_lossy(&chunk).matches("data: ").count();
+    }
+    assert!(
+        after >= 10,
+        "only {after} events after SIGTERM: the stream must flow during the grace period"
+    );
+    let exited = gw.wait_exit(Duration::from_secs(8)).await;
+    assert!(exited.is_some(), "still running 8 s after SIGTERM");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2 + 2 + 2),
+        "exit took {:?}, more than grace_period + graceful_shutdown_timeout",
+        signalled.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn metrics_parse_and_move_with_traffic() {
+    let a = MockUpstream::echo("a").await;
+    let gw = Gateway::builder()
+        .upstream("a", &[a.addr])
+        .route("/probe", "a")
+        .start()
+        .await;
+    let labels = [
+        ("route", "/probe"),
+        ("upstream", "a"),
+        ("status_class", "2xx"),
+    ];
+    let before = metric(&gw, "dify_gateway_requests_total", &labels).await;
+    for _ in 0..5 {
+        probe_answer(&gw).await;
+    }
+    let moved = poll_until(WAIT, || async {
+        let now = metric(&gw, "dify_gateway_requests_total", &labels).await;
+        (now == before + 5.0).then_some(())
+    })
+    .await;
+    assert!(moved.is_some(), "requests_total did not count 5 requests");
+    let histogram = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(histogram.contains("dify_gateway_request_duration_seconds_bucket{route=\"/probe\""));
+    assert!(histogram.contains("dify_gateway_upstream_duration_seconds_count{upstream=\"a\"}"));
+    assert!(histogram.contains("dify_gateway_config_info{hash=\""));
+}
+
+/// A reqwest client (the process needs its TLS provider chosen first, even for plain http).
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a child we started.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
