@@ -26,7 +26,8 @@ COPY --from=build /src/target/release/dify-gateway /usr/local/bin/dify-gateway
 # The container's configuration is the embedded default's twin: Dify's stock routing, driven by
 # the same environment variables as Dify's nginx (NGINX_PORT, ...). Mount your own over it.
 COPY src/config/default.yaml /etc/dify-gateway/config.yaml
-USER dify-gateway
+# Numeric, so Kubernetes runAsNonRoot can verify it.
+USER 10001:10001
 # Pid file and upgrade socket live in /tmp, writable by the non-root user.
 ENV NGINX_PORT=80
 EXPOSE 80 443

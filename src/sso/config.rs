@@ -148,6 +148,10 @@ impl SsoConfig {
                 url: exchange_url.unwrap_or_default(),
                 ..Default::default()
             },
+            // Replicas configured only by environment (compose, Kubernetes) share it this way.
+            state_secret: Secret::new(
+                non_empty(env, "DIFY_GATEWAY_SSO_STATE_SECRET").unwrap_or_default(),
+            ),
             ..Default::default()
         })
     }
