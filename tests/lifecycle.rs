@@ -364,3 +364,32 @@ impl Drop for KillOnDrop {
         unsafe { libc::kill(self.0, libc::SIGKILL) };
     }
 }
+
+#[tokio::test]
+async fn watch_config_reloads_when_the_file_changes() {
+    let a = MockUpstream::echo("a").await;
+    let b = MockUpstream::echo("b").await;
+    let builder = Gateway::builder()
+        .upstream("a", &[a.addr])
+        .upstream("b", &[b.addr])
+        .route("/probe", "a")
+        .server("watch_config", "true");
+    let to_b = builder
+        .to_yaml()
+        .replace("upstream: \"a\"", "upstream: \"b\"");
+    let gw = builder.start().await;
+    assert_eq!(probe_answer(&gw).await, "a");
+    // As a ConfigMap update does: write a new file beside it, then rename it into place.
+    let next = gw.config_path.with_extension("next");
+    std::fs::write(&next, to_b).unwrap();
+    std::fs::rename(&next, &gw.config_path).unwrap();
+    let switched = poll_until(WAIT, || async {
+        (probe_answer(&gw).await == "b").then_some(())
+    })
+    .await;
+    assert!(
+        switched.is_some(),
+        "the file change was not picked up:\n{}",
+        gw.stderr()
+    );
+}
