@@ -75,3 +75,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+pub mod browser_sim;
+pub mod dify_mock;
+pub mod mock_http;
+pub mod sso_env;
+pub mod sso_mock;

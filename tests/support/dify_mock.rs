@@ -1,0 +1,388 @@
+//! A mock Dify (api and web in one server, used as both upstreams) that checks what real Dify
+//! checks (reference §2):
+//! - cookie names: `__Host-` prefix when `CONSOLE_WEB_URL` and `CONSOLE_API_URL` are https and
+//!   `COOKIE_DOMAIN` is empty, plain names otherwise;
+//! - the access token (cookie, else `Authorization: Bearer`): HS256 with `SECRET_KEY`, `exp`, no
+//!   `token_source` claim, a known account;
+//! - on authenticated console API calls (except login, logout, refresh-token): `X-CSRF-Token` equal
+//!   to the csrf cookie, a valid csrf JWT whose `sub` is the access token's user, else 401
+//!   "CSRF token is missing or invalid.".
+//!
+//! Pages: `/signin` is "Dify sign-in page" (reached only when SSO is bypassed); every other web path
+//! is a console page that, signed in, shows "Signed in as <name>" and runs an inline script that
+//! calls the profile API with the CSRF header read from the csrf cookie, as Dify's front end does.
+//! Legacy mode (Dify <= 1.9.1): `?access_token=..&refresh_token=..` on the landing URL signs the
+//! page in, and the API takes `Authorization: Bearer` without CSRF.
+//!
+//! Depends only on `mock_http.rs`.
+
+#![allow(dead_code)]
+
+use super::mock_http::{MockRequest, MockResponse, MockServer, html_escape, page};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Dify's own settings that the checks depend on.
+#[derive(Debug, Clone, Default)]
+pub struct DifySettings {
+    pub secret_key: String,
+    pub console_web_url: String,
+    pub console_api_url: String,
+    pub cookie_domain: String,
+    /// Dify <= 1.9.1: tokens on the landing URL and Bearer, no CSRF.
+    pub legacy: bool,
+}
+
+impl DifySettings {
+    pub fn new(secret_key: &str) -> DifySettings {
+        DifySettings {
+            secret_key: secret_key.into(),
+            ..Default::default()
+        }
+    }
+
+    fn secure(&self) -> bool {
+        self.console_web_url.starts_with("https") && self.console_api_url.starts_with("https")
+    }
+
+    /// The name the API sets and reads for `base` (`access_token`, `refresh_token`, `csrf_token`).
+    pub fn cookie_name(&self, base: &str) -> String {
+        if self.secure() && self.cookie_domain.is_empty() {
+            format!("__Host-{base}")
+        } else {
+            base.to_string()
+        }
+    }
+
+    /// The csrf cookie name the front end reads (its own rule).
+    pub fn frontend_csrf_cookie(&self) -> String {
+        if !self.cookie_domain.is_empty() {
+            "csrf_token".into()
+        } else if self.console_api_url.starts_with("https") {
+            "__Host-csrf_token".into()
+        } else {
+            "csrf_token".into()
+        }
+    }
+}
+
+/// One request the mock received.
+#[derive(Debug, Clone)]
+pub struct DifyRequest {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub status: u16,
+    /// The account the request was authenticated as, if any.
+    pub user_id: Option<String>,
+}
+
+struct Shared {
+    settings: DifySettings,
+    /// account id -> name
+    accounts: Mutex<HashMap<String, String>>,
+    requests: Mutex<Vec<DifyRequest>>,
+}
+
+pub struct DifyMock {
+    pub server: MockServer,
+    shared: Arc<Shared>,
+}
+
+impl DifyMock {
+    pub async fn start(settings: DifySettings) -> DifyMock {
+        DifyMock::start_on("127.0.0.1:0", settings).await
+    }
+
+    pub async fn start_on(bind: &str, settings: DifySettings) -> DifyMock {
+        let shared = Arc::new(Shared {
+            settings,
+            accounts: Mutex::new(HashMap::new()),
+            requests: Mutex::new(Vec::new()),
+        });
+        let s = shared.clone();
+        let server = MockServer::start(bind, move |r| {
+            let s = s.clone();
+            async move { handle(&s, r) }
+        })
+        .await
+        .expect("bind the mock Dify");
+        DifyMock { server, shared }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server.addr
+    }
+
+    /// An account Dify knows (a row in `accounts` with a workspace join).
+    pub fn add_account(&self, user_id: &str, name: &str) {
+        self.shared
+            .accounts
+            .lock()
+            .unwrap()
+            .insert(user_id.into(), name.into());
+    }
+
+    pub fn requests(&self) -> Vec<DifyRequest> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    pub fn settings(&self) -> &DifySettings {
+        &self.shared.settings
+    }
+}
+
+/// Checks an HS256 JWT as PyJWT does for Dify: signature, `exp` (required, no leeway).
+fn decode(key: &str, token: &str) -> Result<Value, String> {
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.leeway = 0;
+    v.validate_aud = false;
+    v.set_required_spec_claims(&["exp"]);
+    jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(key.as_bytes()),
+        &v,
+    )
+    .map(|d| d.claims)
+    .map_err(|e| format!("{:?}", e.kind()))
+}
+
+/// The signed-in account: (id, name), or why not.
+fn authenticate(
+    s: &Shared,
+    r: &MockRequest,
+    token: Option<String>,
+) -> Result<(String, String), String> {
+    let token = token.ok_or("no access token")?;
+    let claims =
+        decode(&s.settings.secret_key, &token).map_err(|e| format!("invalid token: {e}"))?;
+    if claims.get("token_source").is_some() {
+        return Err("token_source claim not allowed on the console".into());
+    }
+    let user_id = claims["user_id"]
+        .as_str()
+        .ok_or("no user_id in the token")?
+        .to_string();
+    let _ = r;
+    let name = s
+        .accounts
+        .lock()
+        .unwrap()
+        .get(&user_id)
+        .cloned()
+        .ok_or("account not found")?;
+    Ok((user_id, name))
+}
+
+/// The access token the API reads: the cookie wins over a Bearer header.
+fn access_token(s: &Shared, r: &MockRequest) -> Option<String> {
+    r.cookie(&s.settings.cookie_name("access_token"))
+        .or_else(|| r.bearer())
+}
+
+fn check_csrf(s: &Shared, r: &MockRequest, user_id: &str) -> bool {
+    let Some(header) = r.header("x-csrf-token").filter(|h| !h.is_empty()) else {
+        return false;
+    };
+    let Some(cookie) = r.cookie(&s.settings.cookie_name("csrf_token")) else {
+        return false;
+    };
+    if header != cookie {
+        return false;
+    }
+    match decode(&s.settings.secret_key, header) {
+        Ok(claims) => claims["sub"].as_str() == Some(user_id),
+        Err(_) => false,
+    }
+}
+
+fn unauthorized(message: &str) -> MockResponse {
+    MockResponse::json(
+        401,
+        &json!({"code": "unauthorized", "message": message, "status": 401}),
+    )
+}
+
+fn handle(s: &Shared, r: MockRequest) -> MockResponse {
+    let (answer, user) = route(s, &r);
+    s.requests.lock().unwrap().push(DifyRequest {
+        method: r.method.clone(),
+        path: r.path.clone(),
+        query: r.query.clone(),
+        headers: r.header_pairs(),
+        status: answer.status,
+        user_id: user,
+    });
+    answer
+}
+
+fn route(s: &Shared, r: &MockRequest) -> (MockResponse, Option<String>) {
+    let path = r.path.as_str();
+    let method = r.method.as_str();
+    if path.starts_with("/console/api/") {
+        return console_api(s, r, path, method);
+    }
+    if path.starts_with("/api/") || path.starts_with("/v1/") {
+        return (MockResponse::json(404, &json!({"code": "not_found"})), None);
+    }
+    if path == "/signin" {
+        let inner = "<h1>Dify sign-in page</h1><p>Dify's own password sign-in (reached only when \
+                     single sign-on is bypassed).</p>";
+        return (MockResponse::html(200, page("Dify", inner)), None);
+    }
+    (console_page(s, r), None)
+}
+
+fn console_api(
+    s: &Shared,
+    r: &MockRequest,
+    path: &str,
+    method: &str,
+) -> (MockResponse, Option<String>) {
+    let settings = &s.settings;
+    match (method, path) {
+        ("POST", "/console/api/logout") => match authenticate(s, r, access_token(s, r)) {
+            Ok((id, _)) => {
+                let mut resp = MockResponse::json(200, &json!({"result": "success"}));
+                for base in ["access_token", "refresh_token", "csrf_token"] {
+                    let mut c = format!(
+                        "{}=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; SameSite=Lax",
+                        settings.cookie_name(base)
+                    );
+                    if settings.secure() {
+                        c.push_str("; Secure");
+                    }
+                    if !settings.cookie_domain.is_empty() {
+                        c.push_str(&format!(
+                            "; Domain={}",
+                            settings.cookie_domain.trim_start_matches('.')
+                        ));
+                    }
+                    if base != "csrf_token" {
+                        c.push_str("; HttpOnly");
+                    }
+                    resp = resp.header("set-cookie", &c);
+                }
+                (resp, Some(id))
+            }
+            Err(e) => (unauthorized(&e), None),
+        },
+        ("POST", "/console/api/login")
+        | ("POST", "/console/api/refresh-token")
+        | (_, "/console/api/email-code-login")
+        | (_, "/console/api/forgot-password")
+        | (_, "/console/api/activate") => (
+            MockResponse::json(200, &json!({"result": "success", "reached": "dify"})),
+            None,
+        ),
+        _ if path.starts_with("/console/api/oauth/login/")
+            || path.starts_with("/console/api/forgot-password/")
+            || path.starts_with("/console/api/email-code-login/")
+            || path.starts_with("/console/api/activate/") =>
+        {
+            (
+                MockResponse::json(200, &json!({"result": "success", "reached": "dify"})),
+                None,
+            )
+        }
+        ("GET", "/console/api/account/profile") => {
+            let (id, name) = match authenticate(s, r, access_token(s, r)) {
+                Ok(a) => a,
+                Err(e) => return (unauthorized(&e), None),
+            };
+            if !settings.legacy && !check_csrf(s, r, &id) {
+                return (unauthorized("CSRF token is missing or invalid."), None);
+            }
+            let email = format!(
+                "{}@example.com",
+                name.split(' ').next().unwrap_or("user").to_lowercase()
+            );
+            (
+                MockResponse::json(200, &json!({"id": id, "name": name, "email": email})),
+                Some(id),
+            )
+        }
+        _ => (MockResponse::json(404, &json!({"code": "not_found"})), None),
+    }
+}
+
+fn console_page(s: &Shared, r: &MockRequest) -> MockResponse {
+    let settings = &s.settings;
+    // Legacy front end: tokens on the landing URL, kept in localStorage, sent as Bearer.
+    let legacy_token = settings
+        .legacy
+        .then(|| r.query_param("access_token"))
+        .flatten();
+    let signed_in = match &legacy_token {
+        Some(t) => authenticate(s, r, Some(t.clone())),
+        None if settings.legacy => Err("no token on the landing URL".into()),
+        None => authenticate(s, r, r.cookie(&settings.cookie_name("access_token"))),
+    };
+    let here = match &r.query {
+        Some(q) => format!("{}?{q}", r.path),
+        None => r.path.clone(),
+    };
+    let inner = match signed_in {
+        Ok((id, name)) => {
+            let script = if settings.legacy {
+                format!(
+                    "const t = {tok};\n\
+                     localStorage.setItem('console_token', t);\n\
+                     fetch('/console/api/account/profile', {{headers: {{'Authorization': 'Bearer ' + t}}}})",
+                    tok = js_string(legacy_token.as_deref().unwrap_or(""))
+                )
+            } else {
+                format!(
+                    "const name = {csrf};\n\
+                     const c = document.cookie.split('; ').find(x => x.startsWith(name + '='));\n\
+                     const csrf = c ? decodeURIComponent(c.slice(name.length + 1)) : '';\n\
+                     fetch('/console/api/account/profile', {{headers: {{'X-CSRF-Token': csrf}}, credentials: 'same-origin'}})",
+                    csrf = js_string(&settings.frontend_csrf_cookie())
+                )
+            };
+            format!(
+                "<h1 id=\"who\">Signed in as {name}</h1>\
+                 <p class=\"note\">Mock Dify console page <code>{here}</code>, account <code id=\"user-id\">{id}</code>.</p>\
+                 <p id=\"profile\">Calling the profile API...</p>\
+                 <p><button class=\"btn\" id=\"logout\">Log out</button></p>\
+                 <script>\n{script}\n\
+                 .then(async r => {{ const t = await r.text(); document.getElementById('profile').textContent = r.ok\n\
+                   ? 'Profile API answered for ' + JSON.parse(t).name + ' (CSRF check passed)'\n\
+                   : 'Profile API failed: ' + r.status + ' ' + t; }})\n\
+                 .catch(e => {{ document.getElementById('profile').textContent = 'Profile API failed: ' + e; }});\n\
+                 document.getElementById('logout').onclick = async () => {{\n\
+                   const r = await fetch('/console/api/logout', {{method: 'POST', credentials: 'same-origin'}});\n\
+                   document.getElementById('profile').textContent = 'logout answered ' + r.status;\n\
+                   location.href = '/signin';\n\
+                 }};\n</script>",
+                name = html_escape(&name),
+                here = html_escape(&here),
+                id = html_escape(&id),
+            )
+        }
+        Err(why) => {
+            let signin = format!(
+                "/signin?redirect_url={}",
+                form_urlencoded::byte_serialize(here.as_bytes()).collect::<String>()
+            );
+            format!(
+                "<h1 id=\"who\">Not signed in</h1><p class=\"note\">Mock Dify console page <code>{here}</code>: {why}.</p>\
+                 <p><a class=\"btn\" id=\"signin\" href=\"{signin}\">Sign in</a></p>",
+                here = html_escape(&here),
+                why = html_escape(&why),
+                signin = html_escape(&signin),
+            )
+        }
+    };
+    MockResponse::html(200, page("Mock Dify", &inner))
+}
+
+/// A JavaScript string literal (JSON is one), safe inside `<script>`.
+fn js_string(s: &str) -> String {
+    serde_json::to_string(s)
+        .unwrap()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+}
