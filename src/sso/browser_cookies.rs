@@ -12,6 +12,13 @@ pub const STATE: &str = "dg_sso_state";
 pub const CARRY: &str = "dg_sso_carry";
 pub const LOOP: &str = "dg_sso_loop";
 pub const SIGNED_OUT: &str = "dg_sso_signed_out";
+/// Per-flow cookies of redirect protocols (OIDC, OAuth2, CAS): this prefix + 8 hex of the state.
+pub const FLOW_PREFIX: &str = "dg_sso_f_";
+/// At most this many sign-ins in flight per browser (tabs); older ones are dropped.
+pub const MAX_PARALLEL_FLOWS: usize = 4;
+/// OIDC: the last ID token, for `id_token_hint` at the provider's logout (only sent to /signin).
+pub const ID_TOKEN: &str = "dg_sso_idt";
+pub const ID_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 pub const STATE_TTL: Duration = Duration::from_secs(600);
 pub const CARRY_TTL: Duration = Duration::from_secs(120);
@@ -37,6 +44,44 @@ pub struct FlowState {
 pub struct Carry {
     pub flow: String,
     pub tokens: Option<(String, String)>,
+    /// Redirect protocols: the return target from the per-flow cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<String>,
+}
+
+/// Data in a redirect protocol's per-flow cookie (`dg_sso_f_<8 hex of state>`), signed. Nothing
+/// in it is secret: `state` and `nonce` travel in the authorization URL anyway, and the PKCE
+/// verifier is not stored but derived from the state secret (see `Signer::derive`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RedirectFlow {
+    pub flow: String,
+    pub ret: Option<String>,
+    pub state: String,
+    pub nonce: String,
+    /// Unix seconds; the oldest flows are dropped beyond [`MAX_PARALLEL_FLOWS`].
+    pub started: u64,
+}
+
+/// The per-flow cookie's name for a `state` value (32 lowercase hex, as the gateway makes them).
+pub fn flow_cookie_name(state: &str) -> Option<String> {
+    (state.len() == 32
+        && state
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then(|| format!("{FLOW_PREFIX}{}", &state[..8]))
+}
+
+/// All per-flow cookies the browser sent: (name, value).
+pub fn flow_cookies(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(k, _)| k.starts_with(FLOW_PREFIX))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect()
 }
 
 /// The value of cookie `name` in the request, if any (first one wins, as in most servers).

@@ -15,17 +15,24 @@
 //! Should the sealed cookie grow past what browsers keep, the callback redirects straight to
 //! `dify.home` with the tokens, as the seed bridge always did.
 
-use super::browser_cookies::{self as bc, Carry, CookieWriter, FlowState, Site};
+use super::browser_cookies::{self as bc, Carry, CookieWriter, FlowState, RedirectFlow, Site};
 use super::failure::SsoFailure;
 use super::flow::SsoFlow;
+use super::minter::MintContext;
 use super::pages;
-use super::protocol::{CallbackInput, SignInOutcome};
+use super::protocol::{CallbackInput, FlowSecrets, SignInOutcome};
 use super::request::{BodyError, RequestBody, SsoRequest, SsoResponse};
 use crate::dify::session::Handover;
 use http::{Method, header};
 
 /// Largest callback body accepted (the token form is tiny).
 pub const MAX_CALLBACK_BODY: usize = 64 * 1024;
+/// A JWT (base64url and dots) can go into a cookie as is.
+fn is_cookie_value(v: &str) -> bool {
+    v.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 /// Browsers keep cookies up to about 4096 bytes including the name.
 const MAX_COOKIE_VALUE: usize = 3800;
 
@@ -71,18 +78,98 @@ impl SsoFlow {
         }
         params.extend(req.query_pairs());
         let callback_url = format!("{}{}", req.origin(), self.callback_path);
+        if !self.protocol.redirect_flow() {
+            let input = CallbackInput {
+                params: &params,
+                state: state.as_ref(),
+                trace_id: &flow_id,
+                callback_url: &callback_url,
+                flow: None,
+            };
+            return self.finish_callback(req, &input, None).await;
+        }
+        // Redirect protocols: `state` must match this browser's per-flow cookie before the
+        // protocol sees the callback (so a code or ticket is never redeemed for a forged flow),
+        // and the cookie is cleared whatever happens next (single use).
+        let writer = CookieWriter {
+            https: req.is_https(),
+        };
+        let state_param = params
+            .iter()
+            .find(|(k, _)| k == "state")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let Some(cookie_name) = bc::flow_cookie_name(&state_param) else {
+            log::warn!(trace_id = req.trace_id, flow_id = flow_id.as_str(); "callback without a state of ours");
+            return self.failure(req, &SsoFailure::BadState, &flow_id);
+        };
+        let record = bc::read(req.headers, &cookie_name)
+            .and_then(|v| self.signer.open::<RedirectFlow>("flow", &v))
+            .filter(|r| r.state == state_param);
+        let clear = writer.clear(&cookie_name, "/");
+        let Some(record) = record else {
+            log::warn!(trace_id = req.trace_id, flow_id = flow_id.as_str(); "callback whose state matches no flow of this browser");
+            return self
+                .failure(req, &SsoFailure::BadState, &flow_id)
+                .set_cookie(&clear);
+        };
+        let flow_id = record.flow.clone();
+        if !self.consume_state(&record.state) {
+            log::warn!(trace_id = req.trace_id, flow_id = flow_id.as_str(); "callback replayed a used state");
+            return self
+                .failure(req, &SsoFailure::BadState, &flow_id)
+                .set_cookie(&clear);
+        }
+        let secrets = FlowSecrets {
+            pkce_verifier: self.pkce_verifier(&record.state, &record.nonce),
+            state: record.state,
+            nonce: record.nonce,
+        };
         let input = CallbackInput {
             params: &params,
-            state: state.as_ref(),
+            state: None,
             trace_id: &flow_id,
             callback_url: &callback_url,
+            flow: Some(&secrets),
         };
-        let session = match self.protocol.finish(&input).await {
+        self.finish_callback(req, &input, record.ret)
+            .await
+            .set_cookie(&clear)
+    }
+
+    /// The protocol's verdict, then the session handed over and the 303 to `/sso/continue`.
+    async fn finish_callback(
+        &self,
+        req: &SsoRequest<'_>,
+        input: &CallbackInput<'_>,
+        ret: Option<String>,
+    ) -> SsoResponse {
+        let flow_id = input.trace_id.to_string();
+        let mut id_token_hint = None;
+        let session = match self.protocol.finish(input).await {
             Ok(SignInOutcome::Session(s)) => s,
-            Ok(SignInOutcome::Identity(_)) => {
-                let why =
-                    SsoFailure::NotAvailable("this gateway cannot create Dify sessions yet".into());
-                return self.failure(req, &why, &flow_id);
+            Ok(SignInOutcome::Identity(identity)) => {
+                let Some(minter) = &self.minter else {
+                    let why = SsoFailure::NotAvailable(
+                        "no way to create Dify sessions is configured".into(),
+                    );
+                    return self.failure(req, &why, &flow_id);
+                };
+                let identity = match super::allow::authorize(identity, &self.allow) {
+                    Ok(i) => i,
+                    Err(f) => return self.failure(req, &f, &flow_id),
+                };
+                log::info!(trace_id = req.trace_id, flow_id = flow_id.as_str(), issuer = identity.issuer.as_str(),
+                    subject = identity.subject.as_str(); "sign-in: identity authorized");
+                id_token_hint = identity.id_token_hint.clone();
+                let ctx = MintContext {
+                    trace_id: &flow_id,
+                    protocol: self.protocol.name(),
+                };
+                match minter.mint(&identity, &ctx).await {
+                    Ok(s) => s,
+                    Err(f) => return self.failure(req, &f, &flow_id),
+                }
             }
             Err(f) => return self.failure(req, &f, &flow_id),
         };
@@ -104,10 +191,22 @@ impl SsoFlow {
         let mut carry = Carry {
             flow: flow_id.clone(),
             tokens: None,
+            ret,
         };
         let mut set_cookies = Vec::new();
+        if let Some(hint) =
+            id_token_hint.filter(|h| h.len() <= MAX_COOKIE_VALUE && is_cookie_value(h))
+        {
+            set_cookies.push(writer.set(
+                bc::ID_TOKEN,
+                &hint,
+                super::flow::SIGNIN_PATH,
+                bc::ID_TOKEN_TTL,
+                Site::Lax,
+            ));
+        }
         match self.handoff.handover(&checked, &self.home) {
-            Handover::Cookies(cookies) => set_cookies = cookies,
+            Handover::Cookies(cookies) => set_cookies.extend(cookies),
             Handover::Redirect(direct) => {
                 let s = &checked.session;
                 carry.tokens = Some((s.access_token.clone(), s.refresh_token.clone()));
@@ -138,9 +237,10 @@ impl SsoFlow {
         let carry: Option<Carry> =
             bc::read(req.headers, bc::CARRY).and_then(|v| self.signer.open("carry", &v));
         // Re-check the target: the state was validated when sealed, but the rules may have changed.
-        let landing = state
+        let landing = carry
             .as_ref()
-            .and_then(|s| s.ret.as_deref())
+            .and_then(|c| c.ret.as_deref())
+            .or(state.as_ref().and_then(|s| s.ret.as_deref()))
             .and_then(|r| super::return_target::safe_return_target(r, &self.reserved_paths()))
             .unwrap_or_else(|| self.home.clone());
         let flow_id = carry

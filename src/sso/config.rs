@@ -2,6 +2,9 @@
 //! and validation that says what was expected.
 
 use super::Secret;
+pub use super::config_protocols::{
+    AllowConfig, CasConfig, MinterKind, OAuth2Config, OAuth2Preset, OidcConfig,
+};
 use crate::config::{Issue, parse_cidr, units};
 use crate::dify::{DifyConfig, SessionDelivery, is_http_url};
 use serde::Deserialize;
@@ -15,12 +18,32 @@ pub enum Protocol {
     /// QSSO style: the SSO posts a one-time token, a management service swaps it for Dify tokens.
     #[default]
     TokenExchange,
+    /// OpenID Connect authorization code flow with PKCE (`sso.oidc`).
+    Oidc,
+    /// OAuth 2.0 authorization code + userinfo (`sso.oauth2`).
+    Oauth2,
+    /// Apereo CAS 3.0 (`sso.cas`).
+    Cas,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::TokenExchange => "token_exchange",
+            Protocol::Oidc => "oidc",
+            Protocol::Oauth2 => "oauth2",
+            Protocol::Cas => "cas",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExchangeConfig {
     pub url: String,
+    /// For identity protocols (oidc, oauth2, cas) with `sso.minter: management_service`:
+    /// `POST <identity_url>` with the identity as JSON (docs/management-service.md).
+    pub identity_url: String,
     #[serde(deserialize_with = "units::de_duration")]
     pub timeout: Duration,
     /// Extra request headers, e.g. an API key (values never printed).
@@ -32,6 +55,7 @@ impl Default for ExchangeConfig {
     fn default() -> Self {
         ExchangeConfig {
             url: String::new(),
+            identity_url: String::new(),
             timeout: Duration::from_secs(10),
             headers: BTreeMap::new(),
             insecure_skip_verify: false,
@@ -61,6 +85,11 @@ pub struct SsoConfig {
     pub support_contact: String,
     /// Signs the gateway's state cookies; replicas must share it. Random per process if empty.
     pub state_secret: Secret,
+    pub oidc: OidcConfig,
+    pub oauth2: OAuth2Config,
+    pub cas: CasConfig,
+    pub allow: AllowConfig,
+    pub minter: MinterKind,
 }
 
 fn yes() -> bool {
@@ -84,6 +113,11 @@ impl Default for SsoConfig {
             enforce: false,
             support_contact: String::new(),
             state_secret: Secret::default(),
+            oidc: OidcConfig::default(),
+            oauth2: OAuth2Config::default(),
+            cas: CasConfig::default(),
+            allow: AllowConfig::default(),
+            minter: MinterKind::default(),
         }
     }
 }
@@ -156,15 +190,23 @@ impl SsoConfig {
         })
     }
 
+    /// The callback path of the configured protocol.
+    pub fn effective_callback_path(&self) -> &str {
+        match self.protocol {
+            Protocol::TokenExchange => &self.callback_path,
+            Protocol::Oidc => &self.oidc.redirect_path,
+            Protocol::Oauth2 => &self.oauth2.redirect_path,
+            Protocol::Cas => &self.cas.redirect_path,
+        }
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.enabled
     }
 
     pub fn summary(&self) -> String {
-        let protocol = match self.protocol {
-            Protocol::TokenExchange => "token_exchange",
-        };
-        let mut s = format!("sso {protocol} callback {}", self.callback_path);
+        let protocol = self.protocol.name();
+        let mut s = format!("sso {protocol} callback {}", self.effective_callback_path());
         if self.enforce {
             s.push_str(" enforced");
         }
@@ -182,6 +224,13 @@ impl SsoConfig {
         let mut bad = |field: &str, msg: String| issues.push(Issue::new(field, msg));
         match self.protocol {
             Protocol::TokenExchange => self.validate_token_exchange(&mut bad),
+            Protocol::Oidc => self.oidc.validate(&mut bad),
+            Protocol::Oauth2 => self.oauth2.validate(&mut bad),
+            Protocol::Cas => self.cas.validate(&mut bad),
+        }
+        if self.protocol != Protocol::TokenExchange {
+            self.allow.validate(&mut bad);
+            self.validate_minter(&mut bad);
         }
         let cb = &self.callback_path;
         if !cb.starts_with('/') || cb.starts_with("//") || cb.contains(['?', '#', ' ', '\\']) {
@@ -273,6 +322,32 @@ impl SsoConfig {
                 ),
             );
         }
+        self.validate_exchange_client(bad);
+    }
+
+    fn validate_minter(&self, bad: &mut impl FnMut(&str, String)) {
+        match self.minter {
+            MinterKind::Builtin => bad(
+                "sso.minter",
+                "builtin is not available yet; expected management_service (with sso.exchange.identity_url)".into(),
+            ),
+            MinterKind::ManagementService => {
+                let url = &self.exchange.identity_url;
+                if url.is_empty() {
+                    bad("sso.exchange.identity_url", "expected the management service's identity URL, e.g. http://manager:8087/dify_session (docs/management-service.md)".into());
+                } else if !is_http_url(url) || url.contains('#') {
+                    bad(
+                        "sso.exchange.identity_url",
+                        format!("expected an absolute http(s) URL without #fragment, got {url:?}"),
+                    );
+                }
+                self.validate_exchange_client(bad);
+            }
+        }
+    }
+
+    fn validate_exchange_client(&self, bad: &mut impl FnMut(&str, String)) {
+        let ex = &self.exchange;
         if ex.timeout.is_zero() || ex.timeout > Duration::from_secs(300) {
             bad(
                 "sso.exchange.timeout",

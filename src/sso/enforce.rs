@@ -11,6 +11,20 @@ const CLOSED: [(&str, bool); 5] = [
 ];
 
 pub fn is_closed(path: &str) -> bool {
+    // `;params` on a segment (`/console/api/login;x`): some servers drop them, so a rule must too.
+    if path.contains(';') {
+        let stripped: Vec<&str> = path
+            .split('/')
+            .map(|seg| seg.split(';').next().unwrap_or(""))
+            .collect();
+        if matches_closed(&stripped.join("/")) {
+            return true;
+        }
+    }
+    matches_closed(path)
+}
+
+fn matches_closed(path: &str) -> bool {
     CLOSED
         .iter()
         .any(|(prefix, exact)| match path.strip_prefix(prefix) {
@@ -37,6 +51,10 @@ mod tests {
             "/console/api/oauth/login/google",
             "/console/api/activate",
             "/console/api/activate/check",
+            "/console/api/login;x",
+            "/console/api/login;jsessionid=1/",
+            "/console/api;x/login",
+            "/console/api/forgot-password;a/resets",
         ] {
             assert!(is_closed(closed), "{closed}");
         }

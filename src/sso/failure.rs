@@ -25,6 +25,20 @@ pub enum SsoFailure {
     RedirectLoop,
     #[error("This sign-in method is not available: {0}")]
     NotAvailable(String),
+    #[error(
+        "This sign-in could not be matched to one started in this browser: it expired, was used already, or was started elsewhere."
+    )]
+    BadState,
+    #[error("The sign-in server refused the sign-in: {0}")]
+    ProviderRefused(String),
+    #[error("The sign-in server could not be reached.")]
+    ProviderUnreachable,
+    #[error("The sign-in server answered with an error: {0}")]
+    ProviderFailed(String),
+    #[error("The sign-in server's proof of identity was not valid: {0}")]
+    InvalidIdentity(String),
+    #[error("Your account is not allowed to use this application: {0}")]
+    NotAllowed(String),
 }
 
 impl SsoFailure {
@@ -37,6 +51,10 @@ impl SsoFailure {
             SsoFailure::ExchangeRefused(_) => 401,
             SsoFailure::RedirectLoop => 429,
             SsoFailure::NotAvailable(_) => 501,
+            SsoFailure::BadState => 400,
+            SsoFailure::ProviderRefused(_) | SsoFailure::InvalidIdentity(_) => 401,
+            SsoFailure::ProviderUnreachable | SsoFailure::ProviderFailed(_) => 502,
+            SsoFailure::NotAllowed(_) => 403,
         }
     }
 
@@ -52,6 +70,12 @@ impl SsoFailure {
             SsoFailure::ExchangeFailed(_) => "sso_exchange_failed",
             SsoFailure::RedirectLoop => "sso_redirect_loop",
             SsoFailure::NotAvailable(_) => "sso_not_available",
+            SsoFailure::BadState => "sso_bad_state",
+            SsoFailure::ProviderRefused(_) => "sso_provider_refused",
+            SsoFailure::ProviderUnreachable => "sso_provider_unreachable",
+            SsoFailure::ProviderFailed(_) => "sso_provider_failed",
+            SsoFailure::InvalidIdentity(_) => "sso_invalid_identity",
+            SsoFailure::NotAllowed(_) => "sso_not_allowed",
         }
     }
 }

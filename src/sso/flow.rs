@@ -2,9 +2,10 @@
 //! `/sso/continue` and `/sso/signed-out` itself, closes Dify's other ways in under `sso.enforce`,
 //! and lets everything else through.
 
-use super::browser_cookies::{self as bc, CookieWriter, FlowState, LoopCount, Site};
-use super::config::SsoConfig;
+use super::browser_cookies::{self as bc, CookieWriter, FlowState, LoopCount, RedirectFlow, Site};
+use super::config::{AllowConfig, SsoConfig};
 use super::failure::SsoFailure;
+use super::minter::Minter;
 use super::protocol::{LoginStart, SignInProtocol};
 use super::request::{RequestBody, SsoRequest, SsoResponse};
 use super::return_target::safe_return_target;
@@ -14,6 +15,8 @@ use crate::dify::session::SessionHandoff;
 use crate::dify::{DifyConfig, SessionDelivery};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 pub const SIGNIN_PATH: &str = "/signin";
 pub const LOGOUT_PATH: &str = "/console/api/logout";
@@ -31,6 +34,20 @@ pub struct SsoFlow {
     pub(super) bypass: Vec<IpNet>,
     pub(super) enforce: bool,
     pub(super) support_contact: String,
+    /// Identity protocols: `sso.allow` and the minter (None for token exchange).
+    pub(super) allow: AllowConfig,
+    pub(super) minter: Option<Box<dyn Minter>>,
+    /// States already used by a callback in this process, with their expiry: single use even if
+    /// a browser (or someone who copied its cookie) replays the callback.
+    pub(super) used_states: Mutex<HashMap<String, u64>>,
+}
+
+/// PKCE S256: base64url(SHA-256(verifier)).
+pub(super) fn pkce_challenge(verifier: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()))
 }
 
 impl SsoFlow {
@@ -56,7 +73,7 @@ impl SsoFlow {
                     .ok_or_else(|| format!("sso.bypass_cidrs: bad CIDR {c:?}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let callback_path = sso.callback_path.trim_end_matches('/');
+        let callback_path = sso.effective_callback_path().trim_end_matches('/');
         Ok(SsoFlow {
             enabled: sso.enabled,
             protocol: providers::build(sso)?,
@@ -72,6 +89,9 @@ impl SsoFlow {
             bypass,
             enforce: sso.enforce,
             support_contact: sso.support_contact.clone(),
+            allow: sso.allow.clone(),
+            minter: super::minter::build(sso)?,
+            used_states: Mutex::new(HashMap::new()),
         })
     }
 
@@ -101,7 +121,7 @@ impl SsoFlow {
                 log::info!(trace_id = req.trace_id; "sign-in from a bypass_cidrs client: Dify's own page");
                 return None;
             }
-            return Some(self.start_sign_in(req));
+            return Some(self.start_sign_in(req).await);
         }
         if path.trim_end_matches('/') == self.callback_path {
             return Some(self.callback(req, body).await);
@@ -168,14 +188,43 @@ impl SsoFlow {
         [SIGNIN_PATH, &self.callback_path]
     }
 
-    fn start_sign_in(&self, req: &SsoRequest<'_>) -> SsoResponse {
+    /// Marks a redirect protocol's `state` used; false when it was used before.
+    pub(super) fn consume_state(&self, state: &str) -> bool {
+        let now = now_secs();
+        let mut used = self.used_states.lock().unwrap_or_else(|e| e.into_inner());
+        if used.len() > 1024 {
+            used.retain(|_, exp| *exp > now);
+        }
+        if used.get(state).is_some_and(|exp| *exp > now) {
+            return false;
+        }
+        used.insert(state.to_string(), now + bc::STATE_TTL.as_secs());
+        true
+    }
+
+    async fn start_sign_in(&self, req: &SsoRequest<'_>) -> SsoResponse {
         let writer = CookieWriter {
             https: req.is_https(),
         };
         if bc::read(req.headers, bc::SIGNED_OUT).is_some() {
-            let to = self.logout_url.as_deref().unwrap_or(bc::SIGNED_OUT_PATH);
-            log::info!(trace_id = req.trace_id; "sign-in after logout: no automatic sign-in, to {to}");
-            return SsoResponse::redirect(302, to);
+            let hint = bc::read(req.headers, bc::ID_TOKEN).filter(|h| !h.is_empty());
+            let after = format!("{}{}", req.origin(), bc::SIGNED_OUT_PATH);
+            let provider_logout = match &self.logout_url {
+                Some(_) => None,
+                None => self.protocol.logout_redirect(hint.as_deref(), &after).await,
+            };
+            let to = self
+                .logout_url
+                .as_deref()
+                .or(provider_logout.as_deref())
+                .unwrap_or(bc::SIGNED_OUT_PATH);
+            log::info!(trace_id = req.trace_id; "sign-in after logout: no automatic sign-in, to {}",
+                to.split('?').next().unwrap_or(""));
+            let mut resp = SsoResponse::redirect(302, to);
+            if hint.is_some() {
+                resp = resp.set_cookie(&writer.clear(bc::ID_TOKEN, SIGNIN_PATH));
+            }
+            return resp;
         }
         let now = now_secs();
         let count = LoopCount::parse(bc::read(req.headers, bc::LOOP).as_deref(), now);
@@ -201,26 +250,94 @@ impl SsoFlow {
             nonce: random_hex(16),
         };
         let callback_url = format!("{}{}", req.origin(), self.callback_path);
-        let location = self.protocol.login_redirect(&LoginStart {
-            callback_url: &callback_url,
-            state: &state.nonce,
-            trace_id: &state.flow,
-        });
+        let redirect_flow = self.protocol.redirect_flow();
+        let (nonce, verifier) = if redirect_flow {
+            let nonce = random_hex(16);
+            let verifier = self.pkce_verifier(&state.nonce, &nonce);
+            (nonce, verifier)
+        } else {
+            (String::new(), String::new())
+        };
+        let challenge = if redirect_flow {
+            pkce_challenge(&verifier)
+        } else {
+            String::new()
+        };
+        let location = match self
+            .protocol
+            .login_redirect(&LoginStart {
+                callback_url: &callback_url,
+                state: &state.nonce,
+                trace_id: &state.flow,
+                nonce: &nonce,
+                pkce_challenge: &challenge,
+            })
+            .await
+        {
+            Ok(l) => l,
+            Err(f) => return self.failure(req, &f, &state.flow),
+        };
         let (loop_value, loop_ttl) = count.bumped(now);
         log::info!(trace_id = req.trace_id, flow_id = state.flow.as_str(), attempt = count.count + 1;
             "sign-in: sending the browser to the SSO ({})", self.protocol.name());
-        let sealed = self.signer.seal("state", bc::STATE_TTL, &state);
-        SsoResponse::redirect(302, &location)
-            .set_cookie(&writer.set(bc::STATE, &sealed, "/", bc::STATE_TTL, Site::CrossSite))
-            .set_cookie(&writer.set(bc::LOOP, &loop_value, "/", loop_ttl, Site::Lax))
+        let mut resp = SsoResponse::redirect(302, &location);
+        if redirect_flow {
+            // One cookie per flow (tabs sign in side by side), the oldest dropped past the cap.
+            let mut open: Vec<(String, Option<RedirectFlow>)> = bc::flow_cookies(req.headers)
+                .into_iter()
+                .map(|(n, v)| {
+                    let f = self.signer.open::<RedirectFlow>("flow", &v);
+                    (n, f)
+                })
+                .collect();
+            open.sort_by_key(|(_, f)| f.as_ref().map_or(0, |f| f.started));
+            let keep = bc::MAX_PARALLEL_FLOWS - 1;
+            let excess = open.len().saturating_sub(keep);
+            for (i, (name, f)) in open.iter().enumerate() {
+                if i < excess || f.is_none() {
+                    resp = resp.set_cookie(&writer.clear(name, "/"));
+                }
+            }
+            let name = bc::flow_cookie_name(&state.nonce).expect("32 hex");
+            let record = RedirectFlow {
+                flow: state.flow.clone(),
+                ret: state.ret.clone(),
+                state: state.nonce.clone(),
+                nonce,
+                started: now,
+            };
+            let sealed = self.signer.seal("flow", bc::STATE_TTL, &record);
+            resp = resp.set_cookie(&writer.set(&name, &sealed, "/", bc::STATE_TTL, Site::Lax));
+        } else {
+            let sealed = self.signer.seal("state", bc::STATE_TTL, &state);
+            resp = resp.set_cookie(&writer.set(
+                bc::STATE,
+                &sealed,
+                "/",
+                bc::STATE_TTL,
+                Site::CrossSite,
+            ));
+        }
+        resp.set_cookie(&writer.set(bc::LOOP, &loop_value, "/", loop_ttl, Site::Lax))
+    }
+
+    /// The flow's PKCE verifier: derived from the state secret, never stored in the browser.
+    pub(super) fn pkce_verifier(&self, state: &str, nonce: &str) -> String {
+        self.signer.derive("pkce", &format!("{state}.{nonce}"))
     }
 
     /// The signed-out page's button: clear the mark and start a normal sign-in. Same-origin only,
     /// so another site cannot undo a logout behind the user's back.
     fn sign_in_again(&self, req: &SsoRequest<'_>) -> SsoResponse {
         let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
-        let cross_origin = header("origin").is_some_and(|o| o != req.origin())
-            || header("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none");
+        // Fetch metadata decides when the browser sends it: the signed-out page has
+        // `Referrer-Policy: no-referrer`, so Chromium posts its button with `Origin: null` and
+        // `Sec-Fetch-Site: same-origin`. Without it, the Origin (if any) must be ours; an opaque
+        // `null` origin without fetch metadata is refused.
+        let cross_origin = match header("sec-fetch-site") {
+            Some(site) => site != "same-origin" && site != "none",
+            None => header("origin").is_some_and(|o| o != req.origin()),
+        };
         if cross_origin {
             return SsoResponse::with_body(
                 403,

@@ -4,12 +4,15 @@
 //! each sign-in protocol (one file each in `providers/`); the rest are the browser-facing
 //! mechanisms every protocol shares.
 
+pub mod allow;
 mod browser_cookies;
 mod callback;
 pub mod config;
+mod config_protocols;
 mod enforce;
 pub mod failure;
 mod flow;
+pub mod minter;
 mod pages;
 pub mod protocol;
 pub mod providers;
@@ -18,11 +21,16 @@ pub mod return_target;
 mod signer;
 
 pub use crate::secret::{Secret, mask};
+/// The request-cookie readers, public for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+pub use browser_cookies::{flow_cookies, read as read_cookie};
 pub use config::{ExchangeConfig, Protocol, SsoConfig};
 pub use failure::SsoFailure;
 pub use flow::SsoFlow;
 pub use request::{BodyError, BufferedBody, RequestBody, SsoRequest, SsoResponse};
 
+#[cfg(test)]
+mod cas_oauth2_tests;
 #[cfg(test)]
 mod config_tests;
 #[cfg(test)]
@@ -32,4 +40,12 @@ mod flow_tests;
 #[cfg(test)]
 mod mock_exchange;
 #[cfg(test)]
+mod mock_idp;
+#[cfg(test)]
+mod oidc_tests;
+#[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod test_browser;
+#[cfg(test)]
+mod test_keys;

@@ -65,8 +65,20 @@ pub fn signed_out() -> SsoResponse {
         "<h1>You are signed out</h1><p>You have signed out of Dify.</p>\
          <form method=\"post\" action=\"{SIGNED_OUT_PATH}\"><button class=\"btn\" type=\"submit\">Sign in again</button></form>"
     );
-    page(200, "Signed out", &inner)
+    let mut r = page(200, "Signed out", &inner);
+    // The button's POST is answered by a redirect chain that ends at the SSO's own origin, and
+    // browsers apply `form-action` to every hop of it: here the form may lead anywhere the flow does.
+    for (name, value) in r.headers.iter_mut() {
+        if *name == http::header::CONTENT_SECURITY_POLICY {
+            *value = http::HeaderValue::from_static(CSP_SIGNED_OUT);
+        }
+    }
+    r
 }
+
+/// [`CSP`] without `form-action`, for the signed-out page.
+const CSP_SIGNED_OUT: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'";
 
 /// Dify's other ways in, closed by `sso.enforce`.
 pub fn enforced(trace_id: &str) -> SsoResponse {

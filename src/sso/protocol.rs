@@ -13,6 +13,17 @@ pub struct LoginStart<'a> {
     /// Random per-flow value that the SSO may echo back (also kept in the state cookie).
     pub state: &'a str,
     pub trace_id: &'a str,
+    /// Redirect protocols: the flow's nonce and PKCE S256 challenge (empty for token exchange).
+    pub nonce: &'a str,
+    pub pkce_challenge: &'a str,
+}
+
+/// What a redirect protocol's callback may use, after the flow matched `state` to this browser's
+/// per-flow cookie. Nothing of it reached the provider before the check.
+pub struct FlowSecrets {
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
 }
 
 /// A callback as the protocol sees it.
@@ -24,6 +35,8 @@ pub struct CallbackInput<'a> {
     /// The sign-in flow's trace id.
     pub trace_id: &'a str,
     pub callback_url: &'a str,
+    /// Redirect protocols only: present once `state` was verified.
+    pub flow: Option<&'a FlowSecrets>,
 }
 
 impl CallbackInput<'_> {
@@ -36,18 +49,40 @@ impl CallbackInput<'_> {
 }
 
 /// Who signed in, for protocols that prove an identity rather than hand over Dify tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// Who vouches: the OIDC issuer, the OAuth2 provider or the CAS server URL.
+    pub issuer: String,
+    /// Stable id at that issuer.
     pub subject: String,
     pub email: Option<String>,
+    /// Whether the issuer vouches for the email address.
+    pub email_verified: bool,
     pub name: Option<String>,
+    pub groups: Vec<String>,
+    /// OIDC: the ID token, kept for `id_token_hint` at logout; never sent to the minter.
+    pub id_token_hint: Option<String>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("issuer", &self.issuer)
+            .field("subject", &self.subject)
+            .field("email", &self.email)
+            .field("email_verified", &self.email_verified)
+            .field("name", &self.name)
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
 pub enum SignInOutcome {
     /// Dify tokens, ready to hand over (token exchange).
     Session(DifySession),
-    /// An identity; turning it into a Dify session is the gateway's job (a later issue).
+    /// An identity; the flow authorizes it (`sso.allow`) and a [`super::minter::Minter`] turns it
+    /// into a Dify session.
     Identity(Identity),
 }
 
@@ -55,8 +90,19 @@ pub enum SignInOutcome {
 pub trait SignInProtocol: Send + Sync {
     /// Short name for logs and the config summary.
     fn name(&self) -> &'static str;
+    /// True for protocols whose callback carries back the `state` of a flow started at `/signin`
+    /// (OIDC, OAuth2, CAS): the flow then keeps one signed cookie per flow and refuses a callback
+    /// whose `state` does not match it before the protocol sees it.
+    fn redirect_flow(&self) -> bool {
+        false
+    }
     /// Where `/signin` sends the browser.
-    fn login_redirect(&self, start: &LoginStart<'_>) -> String;
+    async fn login_redirect(&self, start: &LoginStart<'_>) -> Result<String, SsoFailure>;
     /// Reads the callback and finishes the sign-in.
     async fn finish(&self, callback: &CallbackInput<'_>) -> Result<SignInOutcome, SsoFailure>;
+    /// Where to send a browser that signed out of Dify, to end the provider's session too
+    /// (`after` = the gateway's signed-out page). None = the protocol has no such thing.
+    async fn logout_redirect(&self, _id_token_hint: Option<&str>, _after: &str) -> Option<String> {
+        None
+    }
 }

@@ -30,7 +30,9 @@ pub fn safe_return_target(raw: &str, reserved: &[&str]) -> Option<String> {
     if joined.origin() != base.origin() || joined.username() != "" || joined.password().is_some() {
         return None;
     }
-    let path = joined.path();
+    // Reserved paths are matched on the path the gateway routes on (`/%73ignin` is `/signin`).
+    let normalized = crate::routing::path::normalize(joined.path()).ok()?;
+    let path: &str = &normalized;
     let lands_in_flow = reserved.iter().any(|r| {
         let r = r.trim_end_matches('/');
         path == r || path.starts_with(&format!("{r}/"))
@@ -38,7 +40,7 @@ pub fn safe_return_target(raw: &str, reserved: &[&str]) -> Option<String> {
     if lands_in_flow || path.starts_with("/sso/") {
         return None;
     }
-    let mut out = path.to_string();
+    let mut out = joined.path().to_string();
     if let Some(q) = joined.query() {
         out.push('?');
         out.push_str(q);
@@ -162,6 +164,11 @@ mod tests {
             "/qsso_backcall",
             "/qsso_backcall/",
             "/sso/continue",
+            "/%73ignin",
+            "/%2fsignin",
+            "/apps/%2e%2e/signin",
+            "/qsso_backcall%2F",
+            "/%73so/continue",
             "\u{3000}//evil.com",
             "/\u{2028}/evil.com",
             "／／evil.com",

@@ -57,6 +57,17 @@ impl Signer {
         mac
     }
 
+    /// A value only this gateway can compute: base64url(HMAC(key, purpose NUL input)), 43 chars.
+    /// Used for the PKCE verifier, so the per-flow cookie need not carry it.
+    pub fn derive(&self, purpose: &str, input: &str) -> String {
+        let mut data = Vec::with_capacity(purpose.len() + input.len() + 8);
+        data.extend_from_slice(b"derive\0");
+        data.extend_from_slice(purpose.as_bytes());
+        data.push(0);
+        data.extend_from_slice(input.as_bytes());
+        B64.encode(self.mac(&data).finalize().into_bytes())
+    }
+
     pub fn seal<T: Serialize>(&self, purpose: &str, ttl: Duration, data: &T) -> String {
         let env = Envelope {
             p: purpose.to_string(),

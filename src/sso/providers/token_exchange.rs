@@ -24,38 +24,52 @@ impl TokenExchange {
     pub fn new(sso: &SsoConfig) -> Result<TokenExchange, String> {
         // The process installs the ring provider at start; this covers tests and other callers.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let ex = &sso.exchange;
-        let mut headers = http::HeaderMap::new();
-        for (name, value) in &ex.headers {
-            let name = http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| format!("sso.exchange.headers: {e}"))?;
-            let mut value = http::HeaderValue::from_str(value.expose())
-                .map_err(|e| format!("sso.exchange.headers: {e}"))?;
-            value.set_sensitive(true);
-            headers.insert(name, value);
-        }
-        if ex.insecure_skip_verify {
-            log::warn!(
-                "sso.exchange.insecure_skip_verify is on: the token exchange accepts any TLS certificate"
-            );
-        }
-        let client = reqwest::Client::builder()
-            .tls_backend_rustls()
-            .tls_danger_accept_invalid_certs(ex.insecure_skip_verify)
-            .timeout(ex.timeout)
-            .connect_timeout(ex.timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            // A redirect from the management service is an error, not something to follow blindly.
-            .redirect(reqwest::redirect::Policy::none())
-            .default_headers(headers)
-            .build()
-            .map_err(|e| format!("cannot build the token exchange client: {e}"))?;
+        let client = exchange_client(&sso.exchange)?;
         Ok(TokenExchange {
             client,
             login_url: sso.login_url.clone(),
             token_param: sso.token_param.clone(),
-            exchange_url: ex.url.clone(),
+            exchange_url: sso.exchange.url.clone(),
         })
+    }
+}
+
+/// The pooled client for the management service (`sso.exchange`): its timeout, TLS choice and
+/// extra headers; shared by the token exchange and the identity minter.
+pub fn exchange_client(ex: &crate::sso::ExchangeConfig) -> Result<reqwest::Client, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &ex.headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| format!("sso.exchange.headers: {e}"))?;
+        let mut value = http::HeaderValue::from_str(value.expose())
+            .map_err(|e| format!("sso.exchange.headers: {e}"))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    if ex.insecure_skip_verify {
+        log::warn!(
+            "sso.exchange.insecure_skip_verify is on: the token exchange accepts any TLS certificate"
+        );
+    }
+    reqwest::Client::builder()
+        .tls_backend_rustls()
+        .tls_danger_accept_invalid_certs(ex.insecure_skip_verify)
+        .timeout(ex.timeout)
+        .connect_timeout(ex.timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        // A redirect from the management service is an error, not something to follow blindly.
+        .redirect(reqwest::redirect::Policy::none())
+        .default_headers(headers)
+        .build()
+        .map_err(|e| format!("cannot build the token exchange client: {e}"))
+}
+
+impl TokenExchange {
+    fn login_url_for(&self, start: &LoginStart<'_>) -> String {
+        self.login_url
+            .replace("{callback_url}", &encode_component(start.callback_url))
+            .replace("{state}", &encode_component(start.state))
     }
 
     async fn call(&self, token: &str, trace_id: &str) -> Result<DifySession, SsoFailure> {
@@ -71,40 +85,49 @@ impl TokenExchange {
             .send()
             .await;
         // `without_url`: the URL carries the SSO token and must not reach the log.
-        let mut resp = sent.map_err(|e| send_failure(e.without_url(), trace_id))?;
-        let status = resp.status().as_u16();
+        let resp = sent.map_err(|e| send_failure(e.without_url(), trace_id))?;
         crate::ops::metrics::METRICS
             .sso_exchange_duration
             .observe(started.elapsed().as_secs_f64());
-        log::info!(trace_id = trace_id, status = status, elapsed_ms = started.elapsed().as_millis() as u64;
-            "token exchange answered");
-        match status {
-            200 => {}
-            400..=499 => return Err(SsoFailure::ExchangeRefused(status)),
-            _ => {
-                return Err(SsoFailure::ExchangeFailed(format!(
-                    "it answered with status {status}"
-                )));
-            }
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| send_failure(e.without_url(), trace_id))?
-        {
-            if body.len() + chunk.len() > MAX_ANSWER {
-                return Err(SsoFailure::ExchangeFailed(
-                    "its answer is larger than 64 KiB".into(),
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        parse_answer(&body)
+        read_session(resp, started, trace_id).await
     }
 }
 
-fn send_failure(e: reqwest::Error, trace_id: &str) -> SsoFailure {
+/// Reads the management service's answer (token exchange and identity call alike).
+pub async fn read_session(
+    mut resp: reqwest::Response,
+    started: std::time::Instant,
+    trace_id: &str,
+) -> Result<DifySession, SsoFailure> {
+    let status = resp.status().as_u16();
+    log::info!(trace_id = trace_id, status = status, elapsed_ms = started.elapsed().as_millis() as u64;
+            "management service answered");
+    match status {
+        200 => {}
+        400..=499 => return Err(SsoFailure::ExchangeRefused(status)),
+        _ => {
+            return Err(SsoFailure::ExchangeFailed(format!(
+                "it answered with status {status}"
+            )));
+        }
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| send_failure(e.without_url(), trace_id))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(SsoFailure::ExchangeFailed(
+                "its answer is larger than 64 KiB".into(),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    parse_answer(&body)
+}
+
+pub fn send_failure(e: reqwest::Error, trace_id: &str) -> SsoFailure {
     log::warn!(trace_id = trace_id, error = e.to_string().as_str(); "token exchange request failed");
     if e.is_timeout() {
         SsoFailure::ExchangeTimeout
@@ -138,10 +161,8 @@ impl SignInProtocol for TokenExchange {
         "token_exchange"
     }
 
-    fn login_redirect(&self, start: &LoginStart<'_>) -> String {
-        self.login_url
-            .replace("{callback_url}", &encode_component(start.callback_url))
-            .replace("{state}", &encode_component(start.state))
+    async fn login_redirect(&self, start: &LoginStart<'_>) -> Result<String, SsoFailure> {
+        Ok(self.login_url_for(start))
     }
 
     async fn finish(&self, callback: &CallbackInput<'_>) -> Result<SignInOutcome, SsoFailure> {
@@ -207,9 +228,11 @@ mod tests {
             callback_url: "https://dify.example.com/qsso_backcall",
             state: "n 1",
             trace_id: "t",
+            nonce: "",
+            pkce_challenge: "",
         };
         assert_eq!(
-            te.login_redirect(&start),
+            te.login_url_for(&start),
             "https://sso.example.com/login.php?ret=https%3A%2F%2Fdify.example.com%2Fqsso_backcall&s=n%201"
         );
         let literal = SsoConfig {
@@ -217,7 +240,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            TokenExchange::new(&literal).unwrap().login_redirect(&start),
+            TokenExchange::new(&literal).unwrap().login_url_for(&start),
             "https://sso.example.com/login.php?ret=x%2Fy"
         );
     }

@@ -1,0 +1,459 @@
+//! OpenID Connect (`sso.protocol: oidc`): authorization code flow with PKCE S256, `state` and
+//! `nonce` always on. Discovery from `<issuer>/.well-known/openid-configuration`; the JWKS is cached
+//! (refreshed hourly, at once on an unknown `kid`, and kept when a refresh fails). ID tokens are
+//! checked by the `openidconnect` crate: signature with an allow list of algorithms (never `none`;
+//! HS* only if configured, keyed with the client secret, never with a public key), `iss`, `aud`,
+//! `exp` and `iat` with a small leeway, `nonce`; `azp` is checked here.
+//!
+//! The flow has already matched `state` to the browser's per-flow cookie before [`Oidc::finish`]
+//! runs, so the code is only ever redeemed for a flow this browser started.
+
+use super::http;
+use crate::dify::redirect::append_query;
+use crate::sso::config::{OidcConfig, SsoConfig};
+use crate::sso::failure::SsoFailure;
+use crate::sso::protocol::{CallbackInput, Identity, LoginStart, SignInOutcome, SignInProtocol};
+use openidconnect::core::{
+    CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
+};
+use openidconnect::{
+    ClaimsVerificationError, ClientId, ClientSecret, IssuerUrl, Nonce, SignatureVerificationError,
+};
+use serde::Deserialize;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// Clock skew tolerated on `exp` and `iat`.
+pub const LEEWAY_SECS: i64 = 60;
+const DISCOVERY_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+const JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// The parts of the discovery document the gateway uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Discovery {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub jwks_uri: String,
+    #[serde(default)]
+    pub userinfo_endpoint: Option<String>,
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
+    #[serde(default)]
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+}
+
+pub struct Oidc {
+    cfg: OidcConfig,
+    http: reqwest::Client,
+    algs: Vec<CoreJwsSigningAlgorithm>,
+    discovery: Mutex<Option<(Arc<Discovery>, Instant)>>,
+    jwks: Mutex<Option<(Arc<CoreJsonWebKeySet>, Instant)>>,
+}
+
+impl Oidc {
+    pub fn new(sso: &SsoConfig) -> Result<Oidc, String> {
+        let cfg = sso.oidc.clone();
+        let algs = cfg
+            .algorithms
+            .iter()
+            .filter(|a| !a.eq_ignore_ascii_case("none"))
+            .map(|a| {
+                serde_json::from_value::<CoreJwsSigningAlgorithm>(serde_json::Value::String(
+                    a.clone(),
+                ))
+                .map_err(|_| format!("sso.oidc.algorithms: unknown algorithm {a:?}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Oidc {
+            http: http::client(cfg.timeout)?,
+            cfg,
+            algs,
+            discovery: Mutex::new(None),
+            jwks: Mutex::new(None),
+        })
+    }
+
+    fn discovery_url(&self) -> String {
+        format!(
+            "{}/.well-known/openid-configuration",
+            self.cfg.issuer.trim_end_matches('/')
+        )
+    }
+
+    /// The provider's metadata, fetched once a day; a stale copy is used if a refresh fails.
+    pub async fn discover(&self, trace_id: &str) -> Result<Arc<Discovery>, SsoFailure> {
+        let mut slot = self.discovery.lock().await;
+        if let Some((d, at)) = slot.as_ref()
+            && at.elapsed() < DISCOVERY_MAX_AGE
+        {
+            return Ok(d.clone());
+        }
+        let fetched = self.fetch_discovery(trace_id).await;
+        match (fetched, slot.as_ref()) {
+            (Ok(d), _) => {
+                let d = Arc::new(d);
+                *slot = Some((d.clone(), Instant::now()));
+                Ok(d)
+            }
+            (Err(e), Some((stale, _))) => {
+                log::warn!(trace_id = trace_id; "OIDC discovery refresh failed, using the cached copy: {e}");
+                Ok(stale.clone())
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    async fn fetch_discovery(&self, trace_id: &str) -> Result<Discovery, SsoFailure> {
+        let v = http::json(self.http.get(self.discovery_url()), "discovery", trace_id).await?;
+        let d: Discovery = serde_json::from_value(v).map_err(|e| {
+            SsoFailure::ProviderFailed(format!("its discovery document is incomplete ({e})"))
+        })?;
+        // OpenID Connect Discovery 1.0 §4.3: the issuer must be exactly the one configured.
+        if d.issuer != self.cfg.issuer {
+            return Err(SsoFailure::ProviderFailed(format!(
+                "its discovery document names issuer {:?}, not the configured {:?}",
+                http::short(&d.issuer),
+                self.cfg.issuer
+            )));
+        }
+        for u in [&d.authorization_endpoint, &d.token_endpoint, &d.jwks_uri] {
+            if !crate::dify::is_http_url(u) {
+                return Err(SsoFailure::ProviderFailed(
+                    "its discovery document has an endpoint that is not an http(s) URL".into(),
+                ));
+            }
+        }
+        Ok(d)
+    }
+
+    /// The signing keys: cached for an hour, refetched when `force` (unknown `kid`); on a failed
+    /// refetch the cached keys stay in use (stale on error).
+    async fn keys(
+        &self,
+        d: &Discovery,
+        force: bool,
+        trace_id: &str,
+    ) -> Result<Arc<CoreJsonWebKeySet>, SsoFailure> {
+        let mut slot = self.jwks.lock().await;
+        if let Some((k, at)) = slot.as_ref()
+            && !force
+            && at.elapsed() < JWKS_MAX_AGE
+        {
+            return Ok(k.clone());
+        }
+        let fetched = async {
+            let v = http::json(self.http.get(&d.jwks_uri), "JWKS", trace_id).await?;
+            serde_json::from_value::<CoreJsonWebKeySet>(v)
+                .map_err(|_| SsoFailure::ProviderFailed("its JWKS is not a key set".into()))
+        }
+        .await;
+        match (fetched, slot.as_ref()) {
+            (Ok(k), _) => {
+                let k = Arc::new(k);
+                *slot = Some((k.clone(), Instant::now()));
+                Ok(k)
+            }
+            (Err(e), Some((stale, _))) => {
+                log::warn!(trace_id = trace_id; "JWKS refresh failed, using the cached keys: {e}");
+                Ok(stale.clone())
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    fn verifier<'a>(&self, d: &Discovery, keys: &CoreJsonWebKeySet) -> CoreIdTokenVerifier<'a> {
+        let client_id = ClientId::new(self.cfg.client_id.clone());
+        let issuer = IssuerUrl::new(d.issuer.clone()).unwrap_or_else(|_| {
+            IssuerUrl::new("https://invalid.invalid".into()).expect("valid URL")
+        });
+        let v = if self.cfg.client_secret.is_empty() {
+            CoreIdTokenVerifier::new_public_client(client_id, issuer, keys.clone())
+        } else {
+            CoreIdTokenVerifier::new_confidential_client(
+                client_id,
+                ClientSecret::new(self.cfg.client_secret.expose().to_string()),
+                issuer,
+                keys.clone(),
+            )
+        };
+        let leeway = chrono::Duration::seconds(LEEWAY_SECS);
+        v.set_allowed_algs(self.algs.clone())
+            .set_time_fn(move || chrono::Utc::now() - leeway)
+            .set_issue_time_verifier_fn(move |iat| {
+                if iat > chrono::Utc::now() + leeway {
+                    Err("the ID token is issued in the future".into())
+                } else {
+                    Ok(())
+                }
+            })
+    }
+
+    /// Checks the ID token; its verified claims as JSON.
+    async fn verify_id_token(
+        &self,
+        d: &Discovery,
+        raw: &str,
+        nonce: &str,
+        trace_id: &str,
+    ) -> Result<serde_json::Value, SsoFailure> {
+        let token = CoreIdToken::from_str(raw).map_err(|e| {
+            SsoFailure::InvalidIdentity(format!("the ID token cannot be read ({e})"))
+        })?;
+        let nonce = Nonce::new(nonce.to_string());
+        let keys = self.keys(d, false, trace_id).await?;
+        let mut result = token.claims(&self.verifier(d, &keys), &nonce).map(|_| ());
+        if matches!(
+            result,
+            Err(ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey
+            ))
+        ) {
+            log::info!(trace_id = trace_id; "ID token signed with a key not in the cached JWKS: refetching it");
+            let keys = self.keys(d, true, trace_id).await?;
+            result = token.claims(&self.verifier(d, &keys), &nonce).map(|_| ());
+        }
+        if let Err(e) = result {
+            log::warn!(trace_id = trace_id; "ID token refused: {e}");
+            return Err(SsoFailure::InvalidIdentity(id_token_reason(&e)));
+        }
+        let claims = payload(raw)
+            .ok_or_else(|| SsoFailure::InvalidIdentity("the ID token cannot be read".into()))?;
+        // azp (OIDC Core §2): with several audiences it must be present; when present, it is us.
+        let many_aud = claims
+            .get("aud")
+            .and_then(|a| a.as_array())
+            .is_some_and(|a| a.len() > 1);
+        match claims.get("azp").and_then(|a| a.as_str()) {
+            Some(azp) if azp != self.cfg.client_id => {
+                return Err(SsoFailure::InvalidIdentity(
+                    "the ID token was issued to another client (azp)".into(),
+                ));
+            }
+            None if many_aud => {
+                return Err(SsoFailure::InvalidIdentity(
+                    "the ID token has several audiences and no azp".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(claims)
+    }
+
+    async fn redeem(
+        &self,
+        d: &Discovery,
+        code: &str,
+        verifier: &str,
+        callback_url: &str,
+        trace_id: &str,
+    ) -> Result<serde_json::Value, SsoFailure> {
+        let secret = self.cfg.client_secret.expose();
+        let post_only = !d.token_endpoint_auth_methods_supported.is_empty()
+            && !d
+                .token_endpoint_auth_methods_supported
+                .iter()
+                .any(|m| m == "client_secret_basic")
+            && d.token_endpoint_auth_methods_supported
+                .iter()
+                .any(|m| m == "client_secret_post");
+        let mut pairs = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", callback_url),
+            ("code_verifier", verifier),
+            ("client_id", self.cfg.client_id.as_str()),
+        ];
+        let mut req = self.http.post(&d.token_endpoint);
+        if !secret.is_empty() {
+            if post_only {
+                pairs.push(("client_secret", secret));
+            } else {
+                req = req.basic_auth(form_encode(&self.cfg.client_id), Some(form_encode(secret)));
+            }
+        }
+        let req = req
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form_body(&pairs));
+        http::token(req, trace_id).await
+    }
+}
+
+/// An `application/x-www-form-urlencoded` body.
+pub fn form_body(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+/// RFC 6749 §2.3.1: client id and secret are form-encoded before HTTP Basic.
+pub fn form_encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The JSON payload of a compact JWS (read only after its signature checked out).
+pub fn payload(raw: &str) -> Option<serde_json::Value> {
+    use base64::Engine;
+    let part = raw.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn id_token_reason(e: &ClaimsVerificationError) -> String {
+    use ClaimsVerificationError as C;
+    match e {
+        C::Expired(_) => "the ID token has expired".into(),
+        C::InvalidAudience(_) => "the ID token was issued to another client (aud)".into(),
+        C::InvalidIssuer(_) => "the ID token comes from another issuer".into(),
+        C::InvalidNonce(_) => "the ID token does not belong to this sign-in (nonce)".into(),
+        C::SignatureVerification(s) => match s {
+            SignatureVerificationError::DisallowedAlg(_)
+            | SignatureVerificationError::UnsupportedAlg(_)
+            | SignatureVerificationError::NoSignature => {
+                "the ID token is signed with an algorithm that is not accepted".into()
+            }
+            SignatureVerificationError::NoMatchingKey => {
+                "the ID token is signed with an unknown key".into()
+            }
+            _ => "the ID token's signature is not valid".into(),
+        },
+        _ => "the ID token is not valid".into(),
+    }
+}
+
+/// A string claim.
+fn text(v: &serde_json::Value, name: &str) -> Option<String> {
+    v.get(name)
+        .and_then(|c| c.as_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// `true`, or the string "true" some providers send.
+pub fn truthy(v: Option<&serde_json::Value>) -> bool {
+    match v {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+/// A list of strings, or one string, as groups.
+pub fn string_list(v: Option<&serde_json::Value>) -> Vec<String> {
+    match v {
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|g| g.as_str())
+            .map(str::to_string)
+            .collect(),
+        Some(serde_json::Value::String(s)) if !s.is_empty() => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+#[async_trait::async_trait]
+impl SignInProtocol for Oidc {
+    fn name(&self) -> &'static str {
+        "oidc"
+    }
+
+    fn redirect_flow(&self) -> bool {
+        true
+    }
+
+    async fn login_redirect(&self, start: &LoginStart<'_>) -> Result<String, SsoFailure> {
+        let d = self.discover(start.trace_id).await?;
+        let scope = self.cfg.scopes.join(" ");
+        Ok(append_query(
+            &d.authorization_endpoint,
+            &[
+                ("response_type", "code"),
+                ("client_id", &self.cfg.client_id),
+                ("redirect_uri", start.callback_url),
+                ("scope", &scope),
+                ("state", start.state),
+                ("nonce", start.nonce),
+                ("code_challenge", start.pkce_challenge),
+                ("code_challenge_method", "S256"),
+            ],
+        ))
+    }
+
+    async fn finish(&self, cb: &CallbackInput<'_>) -> Result<SignInOutcome, SsoFailure> {
+        let flow = cb.flow.ok_or(SsoFailure::BadState)?;
+        if let Some(refused) = http::callback_error(cb.params) {
+            return Err(refused);
+        }
+        let code = cb
+            .param("code")
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| SsoFailure::BadCallback("the sign-in server sent no code".into()))?;
+        let d = self.discover(cb.trace_id).await?;
+        let tokens = self
+            .redeem(&d, code, &flow.pkce_verifier, cb.callback_url, cb.trace_id)
+            .await?;
+        let raw = tokens
+            .get("id_token")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| SsoFailure::ProviderFailed("its token answer has no id_token".into()))?;
+        let claims = self
+            .verify_id_token(&d, raw, &flow.nonce, cb.trace_id)
+            .await?;
+        let names = &self.cfg.claims;
+        let subject = text(&claims, "sub")
+            .ok_or_else(|| SsoFailure::InvalidIdentity("the ID token has no subject".into()))?;
+        let mut identity = Identity {
+            issuer: d.issuer.clone(),
+            subject,
+            email: text(&claims, &names.email),
+            email_verified: truthy(claims.get("email_verified")),
+            name: text(&claims, &names.name),
+            groups: string_list(claims.get(&names.groups)),
+            id_token_hint: self.cfg.end_session.then(|| raw.to_string()),
+        };
+        // Some providers keep email and groups out of the ID token: ask userinfo for them.
+        let access = tokens.get("access_token").and_then(|t| t.as_str());
+        if let (None, Some(url), Some(access)) =
+            (&identity.email, d.userinfo_endpoint.as_deref(), access)
+        {
+            let info = http::json(
+                self.http.get(url).bearer_auth(access),
+                "userinfo",
+                cb.trace_id,
+            )
+            .await?;
+            if text(&info, "sub").as_deref() != Some(identity.subject.as_str()) {
+                return Err(SsoFailure::InvalidIdentity(
+                    "the userinfo answer is about another user".into(),
+                ));
+            }
+            identity.email = text(&info, &names.email);
+            identity.email_verified = truthy(info.get("email_verified"));
+            identity.name = identity.name.or_else(|| text(&info, &names.name));
+            if identity.groups.is_empty() {
+                identity.groups = string_list(info.get(&names.groups));
+            }
+        }
+        Ok(SignInOutcome::Identity(identity))
+    }
+
+    async fn logout_redirect(&self, id_token_hint: Option<&str>, after: &str) -> Option<String> {
+        if !self.cfg.end_session {
+            return None;
+        }
+        let d = self.discover("-").await.ok()?;
+        let end = d.end_session_endpoint.as_deref()?;
+        let mut params = vec![
+            ("client_id", self.cfg.client_id.as_str()),
+            ("post_logout_redirect_uri", after),
+        ];
+        if let Some(h) = id_token_hint {
+            params.push(("id_token_hint", h));
+        }
+        Some(append_query(end, &params))
+    }
+}
