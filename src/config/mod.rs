@@ -152,6 +152,15 @@ pub struct Limits {
     /// How long an idle client keep-alive connection is kept (nginx `keepalive_timeout`).
     #[serde(deserialize_with = "units::de_duration")]
     pub keepalive_timeout: Duration,
+    /// How long a client may take to send a whole request header, from the connection's start (or
+    /// from the first byte of a later request on a kept-alive connection); nginx
+    /// `client_header_timeout`. A slower client's connection is closed.
+    #[serde(deserialize_with = "units::de_duration")]
+    pub client_header_timeout: Duration,
+    /// How long the gateway waits for each read of a request body (nginx `client_body_timeout`: the
+    /// time between two successive reads, not the whole body). A stalled body gets 408.
+    #[serde(deserialize_with = "units::de_duration")]
+    pub client_body_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -163,6 +172,8 @@ impl Default for Limits {
             send_timeout: Duration::from_secs(3600),
             upstream_idle_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(65),
+            client_header_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -430,6 +441,8 @@ impl Config {
             ("limits.connect_timeout", l.connect_timeout),
             ("limits.read_timeout", l.read_timeout),
             ("limits.send_timeout", l.send_timeout),
+            ("limits.client_header_timeout", l.client_header_timeout),
+            ("limits.client_body_timeout", l.client_body_timeout),
         ] {
             if d.is_zero() {
                 issues.push(Issue::new(field, "expected a duration above 0"));

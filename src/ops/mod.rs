@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod drain;
 pub mod logging;
 pub mod metrics;
 pub mod reload;

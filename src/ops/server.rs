@@ -5,13 +5,15 @@ use crate::cli::Cli;
 use crate::config::{Config, ConfigSource};
 use crate::ops::access_log::AccessLog;
 use crate::ops::admin::AdminApp;
+use crate::ops::drain::DrainWatch;
 use crate::ops::metrics::METRICS;
 use crate::ops::reload::Reloader;
 use crate::ops::upstream_health::UpstreamHealth;
 use crate::proxy::DifyGateway;
+use crate::proxy::slow_client::SlowClientGuard;
 use crate::state::{SharedSnapshot, Snapshot};
 use arc_swap::ArcSwap;
-use pingora::proxy::http_proxy_service;
+use pingora::proxy::http_proxy;
 use pingora::server::Server;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::services::background::background_service;
@@ -51,7 +53,12 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
         state: state.clone(),
         access_log: Arc::new(access_log),
     };
-    let mut proxy = http_proxy_service(&server.configuration, gateway);
+    // Every client connection gets a deadline on its request header (limits.client_header_timeout).
+    let guarded = SlowClientGuard {
+        inner: Arc::new(http_proxy(&server.configuration, gateway)),
+        state: state.clone(),
+    };
+    let mut proxy = Service::new("Pingora HTTP Proxy Service".to_string(), guarded);
     for addr in &listen {
         proxy.add_tcp(addr);
     }
@@ -76,6 +83,7 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
         state: state.clone(),
     };
     server.add_service(background_service("upstream health", health));
+    server.add_service(background_service("drain watch", DrainWatch));
     server.add_service(background_service(
         "config reload",
         Reloader { state, source },

@@ -75,12 +75,18 @@ impl ClientInfo {
             (true, Some(prev)) if !prev.trim().is_empty() => format!("{}, {peer}", prev.trim()),
             _ => peer,
         };
-        if !self.trusted {
-            // Whatever an untrusted client claims about the path to us is dropped.
+        {
+            // Whatever an untrusted client claims about the path to us is dropped. Underscore
+            // spellings (`X_Forwarded_For`) are dropped from everyone: a WSGI server maps them to
+            // the same `HTTP_X_FORWARDED_FOR` as the real header (nginx drops them by default).
             let names: Vec<_> = req
                 .headers
                 .keys()
-                .filter(|n| n.as_str().starts_with("x-forwarded-") || n.as_str() == "forwarded")
+                .filter(|n| {
+                    let n = n.as_str();
+                    (!self.trusted && is_forwarding_header(n))
+                        || (n.contains('_') && is_forwarding_header(&n.replace('_', "-")))
+                })
                 .cloned()
                 .collect();
             for name in names {
@@ -95,6 +101,11 @@ impl ClientInfo {
         req.insert_header("X-Request-Id", trace_id)?;
         Ok(())
     }
+}
+
+/// Headers that describe the path to the gateway or name the request (lower-case names).
+fn is_forwarding_header(name: &str) -> bool {
+    name.starts_with("x-forwarded-") || matches!(name, "forwarded" | "x-real-ip" | "x-request-id")
 }
 
 /// The trace id: the trusted proxy's `X-Request-Id` when it is sane, else a new UUID v4.

@@ -9,6 +9,7 @@
 pub mod context;
 pub mod forwarding;
 pub mod respond;
+pub mod slow_client;
 mod sso_glue;
 
 use crate::ops::access_log::AccessLog;
@@ -41,24 +42,13 @@ impl ProxyHttp for DifyGateway {
         RequestCtx::new(self.state.load_full())
     }
 
+    /// Decides what happens to the request; `Ok(true)` when the gateway answered it itself.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let peer_ip = session
-            .client_addr()
-            .and_then(PingoraAddr::as_inet)
-            .map(|a| a.ip());
-        let local_port = session
-            .server_addr()
-            .and_then(PingoraAddr::as_inet)
-            .map(|a| a.port());
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let client =
-            ClientInfo::identify(&ctx.snap, session.req_header(), peer_ip, local_port, tls);
-        ctx.trace_id = forwarding::trace_id(session.req_header(), client.trusted);
-        ctx.client = Some(client);
-        let snap = ctx.snap.clone();
-        let limits = &snap.config.limits;
-        session.set_keepalive(Some(limits.keepalive_timeout.as_secs()));
-
+        slow_client::header_done(session);
+        identify_client(session, ctx);
+        if refuse_oversize_header(session, ctx).await? {
+            return Ok(true);
+        }
         let raw_path = session.req_header().uri.path().to_string();
         match normalize(&raw_path) {
             Ok(p) => ctx.path = p.into_owned(),
@@ -68,77 +58,14 @@ impl ProxyHttp for DifyGateway {
                 return Ok(true);
             }
         }
-
         if sso_glue::intercept(session, ctx).await? {
             ctx.route = "sso";
             return Ok(true);
         }
-
-        match snap.routes.find(&ctx.path) {
-            RouteMatch::Proxy(route) => {
-                ctx.upstream = snap.upstreams.get(&route.upstream).cloned();
-                ctx.route_prefix = Some(route.prefix.clone());
-                ctx.dify_hook_url = route.dify_hook_url;
-            }
-            RouteMatch::AddSlash(prefix) => {
-                let location = match session.req_header().uri.query() {
-                    Some(q) => format!("{prefix}?{q}"),
-                    None => prefix.to_string(),
-                };
-                let loc = (
-                    http::header::LOCATION,
-                    http::HeaderValue::try_from(location).map_err(|_| {
-                        Error::explain(
-                            ErrorType::InternalError,
-                            "redirect target is not a header value",
-                        )
-                    })?,
-                );
-                respond::send(session, ctx, 301, vec![loc], Bytes::new()).await?;
-                return Ok(true);
-            }
-            RouteMatch::NoRoute => {
-                respond::error(
-                    session,
-                    ctx,
-                    404,
-                    "no_route",
-                    "No route is configured for this path.",
-                )
-                .await?;
-                return Ok(true);
-            }
+        if answer_by_route(session, ctx).await? {
+            return Ok(true);
         }
-
-        let declared = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().parse::<u64>());
-        match declared {
-            Some(Ok(len)) if len > limits.client_max_body_size => {
-                let msg = format!(
-                    "The request body is larger than the {} bytes this server accepts.",
-                    limits.client_max_body_size
-                );
-                respond::error(session, ctx, 413, "payload_too_large", &msg).await?;
-                return Ok(true);
-            }
-            Some(Err(_)) => {
-                respond::error(
-                    session,
-                    ctx,
-                    400,
-                    "bad_request",
-                    "Content-Length is not a number.",
-                )
-                .await?;
-                return Ok(true);
-            }
-            _ => {}
-        }
-        Ok(false)
+        refuse_oversize_body(session, ctx).await
     }
 
     /// Bodies without a declared length (chunked uploads) are counted as they stream.
@@ -246,6 +173,7 @@ impl ProxyHttp for DifyGateway {
             ctx.upstream_time.get_or_insert_with(|| started.elapsed());
         }
         upstream_response.insert_header("X-Request-Id", ctx.trace_id.as_str())?;
+        keep_alive_unless_draining(session, ctx);
         sso_glue::after_upstream(session, upstream_response, ctx)
     }
 
@@ -283,6 +211,7 @@ impl ProxyHttp for DifyGateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        slow_client::await_next_request(session);
         self.access_log.write(session, e, ctx);
         record_metrics(session, ctx);
     }
@@ -302,6 +231,141 @@ impl ProxyHttp for DifyGateway {
             ctx.trace_id
         )
     }
+}
+
+/// Who is asking (trusted proxies, scheme, port) and the request's trace id.
+fn identify_client(session: &mut Session, ctx: &mut RequestCtx) {
+    let peer_ip = session
+        .client_addr()
+        .and_then(PingoraAddr::as_inet)
+        .map(|a| a.ip());
+    let local_port = session
+        .server_addr()
+        .and_then(PingoraAddr::as_inet)
+        .map(|a| a.port());
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    let client = ClientInfo::identify(&ctx.snap, session.req_header(), peer_ip, local_port, tls);
+    ctx.trace_id = forwarding::trace_id(session.req_header(), client.trusted);
+    ctx.client = Some(client);
+    let limits = &ctx.snap.config.limits;
+    keep_alive_unless_draining(session, ctx);
+    // Body reads (and, after an upgrade, the client's side of the tunnel) are timed per read.
+    let upgrade = session
+        .req_header()
+        .headers
+        .contains_key(http::header::UPGRADE);
+    session.set_read_timeout(Some(if upgrade {
+        limits.read_timeout
+    } else {
+        limits.client_body_timeout
+    }));
+}
+
+/// 414 / 431 for a request line or header larger than Dify's nginx accepts; the connection closes.
+async fn refuse_oversize_header(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    let Some((status, code, message)) = header_size_problem(session.req_header()) else {
+        return Ok(false);
+    };
+    ctx.path = session.req_header().uri.path().chars().take(256).collect();
+    session.set_keepalive(None);
+    respond::error(session, ctx, status, code, message).await?;
+    Ok(true)
+}
+
+/// Offers keep-alive (nginx's `keepalive_timeout`), except once the process is draining.
+fn keep_alive_unless_draining(session: &mut Session, ctx: &RequestCtx) {
+    let keepalive = ctx.snap.config.limits.keepalive_timeout.as_secs();
+    session.set_keepalive((!crate::ops::drain::is_draining()).then_some(keepalive));
+}
+
+/// Picks the route; answers the nginx-style 301 (`/e` -> `/e/`) and "no route" itself.
+async fn answer_by_route(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    let snap = ctx.snap.clone();
+    match snap.routes.find(&ctx.path) {
+        RouteMatch::Proxy(route) => {
+            ctx.upstream = snap.upstreams.get(&route.upstream).cloned();
+            ctx.route_prefix = Some(route.prefix.clone());
+            ctx.dify_hook_url = route.dify_hook_url;
+            Ok(false)
+        }
+        RouteMatch::AddSlash(prefix) => {
+            let location = match session.req_header().uri.query() {
+                Some(q) => format!("{prefix}?{q}"),
+                None => prefix.to_string(),
+            };
+            let location = http::HeaderValue::try_from(location).map_err(|_| {
+                Error::explain(
+                    ErrorType::InternalError,
+                    "redirect target is not a header value",
+                )
+            })?;
+            let headers = vec![(http::header::LOCATION, location)];
+            respond::send(session, ctx, 301, headers, Bytes::new()).await?;
+            Ok(true)
+        }
+        RouteMatch::NoRoute => {
+            let msg = "No route is configured for this path.";
+            respond::error(session, ctx, 404, "no_route", msg).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// 413 before the upstream sees a byte, when the declared length is over the limit.
+async fn refuse_oversize_body(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    let limit = ctx.snap.config.limits.client_max_body_size;
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()));
+    match declared {
+        Some(Some(len)) if len > limit => {
+            let msg =
+                format!("The request body is larger than the {limit} bytes this server accepts.");
+            respond::error(session, ctx, 413, "payload_too_large", &msg).await?;
+            Ok(true)
+        }
+        Some(None) => {
+            let msg = "Content-Length is not a number.";
+            respond::error(session, ctx, 400, "bad_request", msg).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Longest request target (nginx answers 414 past one 8 KiB `large_client_header_buffers` buffer).
+pub const MAX_URI_LEN: usize = 8 * 1024;
+/// Longest single header line (nginx: one 8 KiB buffer).
+pub const MAX_HEADER_LINE: usize = 8 * 1024;
+/// Largest whole header block (nginx: four 8 KiB buffers).
+pub const MAX_HEADER_BLOCK: usize = 32 * 1024;
+
+/// 414 for an over-long request target, 431 for an oversize header line or block. Pingora itself
+/// accepts up to 1 MiB of header (256 fields); past that it answers 400 and closes.
+fn header_size_problem(req: &RequestHeader) -> Option<(u16, &'static str, &'static str)> {
+    let uri_len = req.raw_path().len();
+    if uri_len > MAX_URI_LEN {
+        return Some((414, "uri_too_long", "The request URI is too long."));
+    }
+    let mut total = uri_len + req.method.as_str().len() + 12;
+    for (name, value) in &req.headers {
+        let line = name.as_str().len() + value.len() + 4;
+        if line > MAX_HEADER_LINE {
+            return Some((
+                431,
+                "header_too_large",
+                "A request header field is too large.",
+            ));
+        }
+        total += line;
+    }
+    (total > MAX_HEADER_BLOCK).then_some((
+        431,
+        "header_too_large",
+        "The request header is too large.",
+    ))
 }
 
 /// Counts the finished request (called once per request, from `logging`).

@@ -1,0 +1,277 @@
+//! Slow clients (nginx `client_header_timeout`): Pingora 0.9 times each header read on its own
+//! (60 s, or the keep-alive timeout on a reused connection), so a client dribbling one byte at a
+//! time keeps a connection forever. Every accepted connection is wrapped in a [`ClientStream`]
+//! whose reads fail with `TimedOut` once the header phase has lasted `limits.client_header_timeout`.
+//!
+//! The header phase starts when the connection is accepted, and on a kept-alive connection with
+//! the first byte of the next request; it ends when the proxy's `request_filter` sees the parsed
+//! header ([`header_done`]). Bodies are timed per read by Pingora (`limits.client_body_timeout`,
+//! set in `request_filter`), as nginx's `client_body_timeout` is.
+
+use crate::state::SharedSnapshot;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::tls::TlsRef;
+use pingora::protocols::{
+    ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::protocols::{Stream, raw_connect::ProxyDigest, tls::SslDigest};
+use pingora::proxy::Session;
+use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Header clock state: no deadline.
+const DISARMED: u64 = 0;
+/// Header clock state: start the deadline at the next byte read.
+const ARM_ON_READ: u64 = u64::MAX;
+
+/// A client connection with a deadline on its request header.
+#[derive(Debug)]
+pub struct ClientStream {
+    inner: Stream,
+    timeout: Duration,
+    /// Reference point of `deadline`.
+    base: Instant,
+    /// Milliseconds after `base` (+1, so that 0 means disarmed), or [`ARM_ON_READ`].
+    deadline: AtomicU64,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl ClientStream {
+    pub fn new(inner: Stream, timeout: Duration) -> ClientStream {
+        let s = ClientStream {
+            inner,
+            timeout,
+            base: Instant::now(),
+            deadline: AtomicU64::new(DISARMED),
+            sleep: None,
+        };
+        s.arm_now();
+        s
+    }
+
+    fn arm_now(&self) {
+        let at = self.base.elapsed() + self.timeout;
+        let ms = u64::try_from(at.as_millis()).unwrap_or(u64::MAX - 1);
+        self.deadline
+            .store(ms.saturating_add(1).min(u64::MAX - 1), Ordering::Relaxed);
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self.deadline.load(Ordering::Relaxed) {
+            DISARMED | ARM_ON_READ => None,
+            ms => Some(self.base + Duration::from_millis(ms - 1)),
+        }
+    }
+
+    /// The request header has arrived: no deadline until the next request.
+    pub fn header_done(&self) {
+        self.deadline.store(DISARMED, Ordering::Relaxed);
+    }
+
+    /// The request is over: the next request's header is timed from its first byte.
+    pub fn await_next_request(&self) {
+        self.deadline.store(ARM_ON_READ, Ordering::Relaxed);
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "client_header_timeout: request header not received in time",
+    )
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let got_bytes = matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before;
+        if got_bytes
+            && this
+                .deadline
+                .compare_exchange(ARM_ON_READ, DISARMED, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            this.arm_now();
+        }
+        let Some(deadline) = this.deadline() else {
+            return res;
+        };
+        // Data that keeps trickling in does not extend the deadline.
+        if Instant::now() >= deadline {
+            return Poll::Ready(Err(timed_out()));
+        }
+        if res.is_pending() {
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(timed_out()));
+            }
+        }
+        res
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for ClientStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for ClientStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for ClientStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for ClientStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for ClientStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for ClientStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for ClientStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+fn client_stream(session: &Session) -> Option<&ClientStream> {
+    session
+        .stream()
+        .and_then(|s| s.as_any().downcast_ref::<ClientStream>())
+}
+
+/// The request header has been parsed: stop its clock.
+pub fn header_done(session: &Session) {
+    if let Some(s) = client_stream(session) {
+        s.header_done();
+    }
+}
+
+/// The request is finished: time the next one's header from its first byte.
+pub fn await_next_request(session: &Session) {
+    if let Some(s) = client_stream(session) {
+        s.await_next_request();
+    }
+}
+
+/// Wraps an application (the HTTP proxy) so that every connection it gets is a [`ClientStream`].
+pub struct SlowClientGuard<A> {
+    pub inner: Arc<A>,
+    pub state: SharedSnapshot,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for SlowClientGuard<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // HTTP/2 multiplexes requests on one connection: its header phases are not ours to time.
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let timeout = self.state.load().config.limits.client_header_timeout;
+        let wrapped: Stream = Box::new(ClientStream::new(stream, timeout));
+        self.inner.process_new(wrapped, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
