@@ -71,29 +71,30 @@ pub fn flow_cookie_name(state: &str) -> Option<String> {
     .then(|| format!("{FLOW_PREFIX}{}", &state[..8]))
 }
 
-/// All per-flow cookies the browser sent: (name, value).
-pub fn flow_cookies(headers: &HeaderMap) -> Vec<(String, String)> {
+/// Every cookie of the request's `Cookie` headers, parsed by the `cookie` crate (malformed pairs
+/// are skipped, quotes removed).
+fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (String, String)> + '_ {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .map(|c| (c.name().to_string(), c.value_trimmed().to_string()))
+}
+
+/// All per-flow cookies the browser sent: (name, value).
+pub fn flow_cookies(headers: &HeaderMap) -> Vec<(String, String)> {
+    request_cookies(headers)
         .filter(|(k, _)| k.starts_with(FLOW_PREFIX))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
         .collect()
 }
 
 /// The value of cookie `name` in the request, if any (first one wins, as in most servers).
 pub fn read(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"').to_string())
+    request_cookies(headers)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
 }
 
 /// How the gateway's cookies are written for this request.
