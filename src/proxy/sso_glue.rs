@@ -36,6 +36,10 @@ pub async fn intercept(session: &mut Session, ctx: &mut RequestCtx) -> pingora::
     let Some(flow) = ctx.snap.sso.clone() else {
         return Ok(false);
     };
+    // Ordinary traffic: no need to copy the request header for the flow.
+    if !flow.may_answer(&ctx.path) {
+        return Ok(false);
+    }
     let header = session.req_header().clone();
     let client = ctx.client.clone();
     let host = crate::proxy::forwarding::header_str(&header, "host")

@@ -19,6 +19,16 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 pub const SIGNIN_PATH: &str = "/signin";
+
+/// The paths the flow answers itself.
+enum FlowPath {
+    /// One of Dify's other ways in, closed by `sso.enforce`.
+    ClosedWayIn,
+    SignIn,
+    Callback,
+    Continue,
+    SignedOut,
+}
 pub const LOGOUT_PATH: &str = "/console/api/logout";
 
 /// Built once per configuration snapshot; share it in an `Arc`.
@@ -90,9 +100,35 @@ impl SsoFlow {
             enforce: sso.enforce,
             support_contact: sso.support_contact.clone(),
             allow: sso.allow.clone(),
-            minter: super::minter::build(sso)?,
+            minter: super::minter::build(sso, dify)?,
             used_states: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Which of the flow's paths `path` is, if any. The one place that knows them, so the proxy
+    /// can skip ordinary traffic cheaply ([`SsoFlow::may_answer`]) and `handle` agrees with it.
+    fn classify(&self, path: &str) -> Option<FlowPath> {
+        if !self.enabled {
+            return None;
+        }
+        if self.enforce && enforce::is_closed(path) {
+            return Some(FlowPath::ClosedWayIn);
+        }
+        if path == SIGNIN_PATH || path == "/signin/" {
+            return Some(FlowPath::SignIn);
+        }
+        if path.trim_end_matches('/') == self.callback_path {
+            return Some(FlowPath::Callback);
+        }
+        if path == bc::CONTINUE_PATH {
+            return Some(FlowPath::Continue);
+        }
+        (path == bc::SIGNED_OUT_PATH).then_some(FlowPath::SignedOut)
+    }
+
+    /// Whether [`SsoFlow::handle`] may answer a request for this (normalised) path.
+    pub fn may_answer(&self, path: &str) -> bool {
+        self.classify(path).is_some()
     }
 
     /// None = not ours, proxy as usual. Some = answer the browser with this.
@@ -101,46 +137,41 @@ impl SsoFlow {
         req: &SsoRequest<'_>,
         body: &mut dyn RequestBody,
     ) -> Option<SsoResponse> {
-        if !self.enabled {
-            return None;
-        }
+        let which = self.classify(req.path)?;
         let bypassed = req
             .client_ip
             .is_some_and(|ip| self.bypass.iter().any(|n| n.contains(&ip)));
-        let path = req.path;
         let get = matches!(*req.method, Method::GET | Method::HEAD);
-        if self.enforce && !bypassed && *req.method != Method::OPTIONS && enforce::is_closed(path) {
-            log::info!(trace_id = req.trace_id, path = path; "sso.enforce: refused a non-SSO way in");
-            return Some(pages::enforced(req.trace_id));
-        }
-        if path == SIGNIN_PATH || path == "/signin/" {
-            if !get {
-                return None;
+        match which {
+            FlowPath::ClosedWayIn => {
+                if bypassed || *req.method == Method::OPTIONS {
+                    return None;
+                }
+                log::info!(trace_id = req.trace_id, path = req.path; "sso.enforce: refused a non-SSO way in");
+                Some(pages::enforced(req.trace_id))
             }
-            if bypassed {
-                log::info!(trace_id = req.trace_id; "sign-in from a bypass_cidrs client: Dify's own page");
-                return None;
+            FlowPath::SignIn => {
+                if !get {
+                    return None;
+                }
+                if bypassed {
+                    log::info!(trace_id = req.trace_id; "sign-in from a bypass_cidrs client: Dify's own page");
+                    return None;
+                }
+                Some(self.start_sign_in(req).await)
             }
-            return Some(self.start_sign_in(req).await);
-        }
-        if path.trim_end_matches('/') == self.callback_path {
-            return Some(self.callback(req, body).await);
-        }
-        if path == bc::CONTINUE_PATH {
-            return Some(if get {
+            FlowPath::Callback => Some(self.callback(req, body).await),
+            FlowPath::Continue => Some(if get {
                 self.continue_after_callback(req)
             } else {
                 pages::method_not_allowed("GET, HEAD")
-            });
-        }
-        if path == bc::SIGNED_OUT_PATH {
-            return Some(match *req.method {
+            }),
+            FlowPath::SignedOut => Some(match *req.method {
                 Method::GET | Method::HEAD => pages::signed_out(),
                 Method::POST => self.sign_in_again(req),
                 _ => pages::method_not_allowed("GET, HEAD, POST"),
-            });
+            }),
         }
-        None
     }
 
     /// For proxied requests, after the upstream answered: headers to add to the response.
