@@ -77,6 +77,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 pub mod browser_sim;
 pub mod dify_mock;
+pub mod identity_mock;
 pub mod mock_http;
 pub mod sso_env;
 pub mod sso_mock;
