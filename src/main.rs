@@ -37,6 +37,15 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    // sso.minter: builtin: Dify's tables, the workspace and Redis are checked before serving.
+    match dify_gateway::sso::builtin_minter::preflight_blocking(config.sso.as_ref(), &config.dify) {
+        Ok(Some(summary)) => log::info!("sso.minter builtin: {summary}"),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("dify-gateway: sso.minter: builtin cannot work: {e}");
+            return ExitCode::from(1);
+        }
+    }
     log::info!("starting with {source}: {}", config.summary());
     match server::build(&cli, config, source) {
         Ok(server) => server.run_forever(),

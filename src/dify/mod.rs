@@ -3,8 +3,11 @@
 //! mints sessions itself reuses it.
 
 pub mod cookies;
+pub mod provisioning;
 pub mod redirect;
+pub mod refresh_tokens;
 pub mod session;
+pub mod store;
 pub mod tokens;
 
 use crate::config::Issue;
@@ -42,6 +45,12 @@ pub struct DifyConfig {
     /// Dify's `ACCESS_TOKEN_EXPIRE_MINUTES` and `REFRESH_TOKEN_EXPIRE_DAYS`.
     pub access_token_expire_minutes: u64,
     pub refresh_token_expire_days: u64,
+    /// `sso.minter: builtin` only: Dify's PostgreSQL (`postgresql://user:password@db:5432/dify`,
+    /// Dify's DB_* settings) and Redis (`redis://:password@redis:6379/0`, Dify's REDIS_* settings;
+    /// `rediss://` for TLS). `redis_password`, when set, replaces the URL's password.
+    pub database_url: Secret,
+    pub redis_url: Secret,
+    pub redis_password: Secret,
 }
 
 impl Default for DifyConfig {
@@ -55,6 +64,9 @@ impl Default for DifyConfig {
             cookie_domain: String::new(),
             access_token_expire_minutes: 60,
             refresh_token_expire_days: 30,
+            database_url: Secret::default(),
+            redis_url: Secret::default(),
+            redis_password: Secret::default(),
         }
     }
 }

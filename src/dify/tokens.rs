@@ -110,6 +110,13 @@ pub fn mint_access_token(secret: &str, user_id: &str, ttl: Duration) -> String {
     .expect("HS256 signing with a byte key cannot fail")
 }
 
+/// A refresh token as Dify makes one (`secrets.token_hex(64)`): 64 random bytes, 128 hex chars.
+pub fn new_refresh_token() -> String {
+    let mut bytes = [0u8; 64];
+    rand::fill(&mut bytes[..]);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +174,17 @@ mod tests {
             jsonwebtoken::encode(&Header::default(), &serde_json::json!({"exp": exp}), &key)
                 .unwrap();
         assert_eq!(verify_access_token(KEY, &nouser), Err(TokenError::NoUser));
+    }
+
+    #[test]
+    fn refresh_tokens_are_128_hex_and_differ() {
+        let a = new_refresh_token();
+        assert_eq!(a.len(), 128);
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_ne!(a, new_refresh_token());
     }
 
     #[test]

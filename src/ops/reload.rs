@@ -120,6 +120,14 @@ impl Reloader {
                 return false;
             }
         };
+        // sso.minter: builtin: the same check as at start (Dify's tables, workspace, Redis).
+        if let Some(sso) = crate::sso::builtin_minter::in_use(snapshot.config.sso.as_ref())
+            && let Err(e) = crate::sso::builtin_minter::preflight(sso, &snapshot.config.dify).await
+        {
+            log::error!(error = e.as_str(); "reload refused (sso.minter: builtin), the running configuration stays");
+            METRICS.config_reloads.with_label_values(&["error"]).inc();
+            return false;
+        }
         // Resolve and probe the new upstreams before any request uses them.
         crate::ops::upstream_health::probe_all(&snapshot).await;
         METRICS.set_config(snapshot.generation, &snapshot.config.hash);

@@ -165,6 +165,7 @@ impl SsoFlow {
                 let ctx = MintContext {
                     trace_id: &flow_id,
                     protocol: self.protocol.name(),
+                    client_ip: req.client_ip,
                 };
                 match minter.mint(&identity, &ctx).await {
                     Ok(s) => s,

@@ -90,6 +90,8 @@ pub struct SsoConfig {
     pub cas: CasConfig,
     pub allow: AllowConfig,
     pub minter: MinterKind,
+    /// `minter: builtin`: how accounts are created and joined to a workspace.
+    pub provisioning: crate::dify::provisioning::ProvisioningConfig,
 }
 
 fn yes() -> bool {
@@ -118,6 +120,7 @@ impl Default for SsoConfig {
             cas: CasConfig::default(),
             allow: AllowConfig::default(),
             minter: MinterKind::default(),
+            provisioning: Default::default(),
         }
     }
 }
@@ -230,7 +233,7 @@ impl SsoConfig {
         }
         if self.protocol != Protocol::TokenExchange {
             self.allow.validate(&mut bad);
-            self.validate_minter(&mut bad);
+            self.validate_minter(dify, &mut bad);
         }
         let cb = &self.callback_path;
         if !cb.starts_with('/') || cb.starts_with("//") || cb.contains(['?', '#', ' ', '\\']) {
@@ -325,12 +328,27 @@ impl SsoConfig {
         self.validate_exchange_client(bad);
     }
 
-    fn validate_minter(&self, bad: &mut impl FnMut(&str, String)) {
+    fn validate_minter(&self, dify: &DifyConfig, bad: &mut impl FnMut(&str, String)) {
         match self.minter {
-            MinterKind::Builtin => bad(
-                "sso.minter",
-                "builtin is not available yet; expected management_service (with sso.exchange.identity_url)".into(),
-            ),
+            MinterKind::Builtin => {
+                self.provisioning.validate(bad);
+                if dify.database_url.is_empty() {
+                    bad("dify.database_url", "expected Dify's PostgreSQL for sso.minter: builtin, e.g. postgresql://postgres:difyai123456@db:5432/dify".into());
+                } else if let Err(e) = crate::dify::store::parse_url(dify.database_url.expose()) {
+                    bad("dify.database_url", e);
+                }
+                if dify.redis_url.is_empty() {
+                    bad("dify.redis_url", "expected Dify's Redis for sso.minter: builtin, e.g. redis://:difyai123456@redis:6379/0".into());
+                } else if let Err(e) = crate::dify::refresh_tokens::client(
+                    dify.redis_url.expose(),
+                    Some(dify.redis_password.expose()),
+                ) {
+                    bad("dify.redis_url", e);
+                }
+                if dify.secret_key().is_none() {
+                    bad("dify.secret_key", "expected Dify's SECRET_KEY: sso.minter: builtin signs the access token with it".into());
+                }
+            }
             MinterKind::ManagementService => {
                 let url = &self.exchange.identity_url;
                 if url.is_empty() {

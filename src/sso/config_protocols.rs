@@ -203,7 +203,8 @@ pub enum MinterKind {
     /// `POST sso.exchange.identity_url` (docs/management-service.md).
     #[default]
     ManagementService,
-    /// Sessions minted by the gateway itself (a later issue).
+    /// Sessions minted by the gateway itself from Dify's database and Redis (`sso.provisioning`,
+    /// `dify.database_url`, `dify.redis_url`).
     Builtin,
 }
 

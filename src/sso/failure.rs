@@ -39,6 +39,11 @@ pub enum SsoFailure {
     InvalidIdentity(String),
     #[error("Your account is not allowed to use this application: {0}")]
     NotAllowed(String),
+    /// `sso.minter: builtin`: Dify's database or Redis could not be used; nothing was changed.
+    #[error(
+        "Dify's account store is not available right now ({0}). Nothing was changed; try again in a moment."
+    )]
+    DifyUnavailable(String),
 }
 
 impl SsoFailure {
@@ -55,6 +60,7 @@ impl SsoFailure {
             SsoFailure::ProviderRefused(_) | SsoFailure::InvalidIdentity(_) => 401,
             SsoFailure::ProviderUnreachable | SsoFailure::ProviderFailed(_) => 502,
             SsoFailure::NotAllowed(_) => 403,
+            SsoFailure::DifyUnavailable(_) => 503,
         }
     }
 
@@ -76,6 +82,7 @@ impl SsoFailure {
             SsoFailure::ProviderFailed(_) => "sso_provider_failed",
             SsoFailure::InvalidIdentity(_) => "sso_invalid_identity",
             SsoFailure::NotAllowed(_) => "sso_not_allowed",
+            SsoFailure::DifyUnavailable(_) => "sso_dify_unavailable",
         }
     }
 }

@@ -100,7 +100,7 @@ impl SsoFlow {
             enforce: sso.enforce,
             support_contact: sso.support_contact.clone(),
             allow: sso.allow.clone(),
-            minter: super::minter::build(sso)?,
+            minter: super::minter::build(sso, dify)?,
             used_states: Mutex::new(HashMap::new()),
         })
     }

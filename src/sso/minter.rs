@@ -1,18 +1,20 @@
 //! From an authorized identity to Dify tokens (`sso.minter`). `management_service` asks the
-//! company's service (docs/management-service.md); `builtin` (the gateway minting sessions itself)
-//! is a later issue and plugs in here as another [`Minter`].
+//! company's service (docs/management-service.md); `builtin` ([`super::builtin_minter`]) mints
+//! sessions itself from Dify's database and Redis.
 
 use super::config::{MinterKind, SsoConfig};
 use super::failure::SsoFailure;
 use super::protocol::Identity;
 use super::providers::token_exchange::{exchange_client, read_session, send_failure};
-use crate::dify::DifySession;
+use crate::dify::{DifyConfig, DifySession};
 
 /// What a minter knows of the sign-in besides the identity.
 pub struct MintContext<'a> {
     pub trace_id: &'a str,
     /// `oidc`, `oauth2` or `cas`.
     pub protocol: &'static str,
+    /// The client's address as the gateway saw it (after `server.trusted_proxies`).
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 #[async_trait::async_trait]
@@ -70,7 +72,7 @@ impl Minter for ManagementService {
 }
 
 /// The configured minter; None for protocols that hand over sessions themselves.
-pub fn build(sso: &SsoConfig) -> Result<Option<Box<dyn Minter>>, String> {
+pub fn build(sso: &SsoConfig, dify: &DifyConfig) -> Result<Option<Box<dyn Minter>>, String> {
     if sso.protocol == super::Protocol::TokenExchange {
         return Ok(None);
     }
@@ -79,6 +81,8 @@ pub fn build(sso: &SsoConfig) -> Result<Option<Box<dyn Minter>>, String> {
             client: exchange_client(&sso.exchange)?,
             url: sso.exchange.identity_url.clone(),
         }))),
-        MinterKind::Builtin => Err("sso.minter: builtin is not available yet".into()),
+        MinterKind::Builtin => Ok(Some(Box::new(super::builtin_minter::BuiltinMinter::new(
+            sso, dify,
+        )?))),
     }
 }

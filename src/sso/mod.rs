@@ -6,6 +6,7 @@
 
 pub mod allow;
 mod browser_cookies;
+pub mod builtin_minter;
 mod callback;
 pub mod config;
 mod config_protocols;

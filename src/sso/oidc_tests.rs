@@ -562,7 +562,14 @@ fn identity_protocol_config_validation_names_the_keys() {
     assert_eq!(check(good.clone()), "");
     let mut b = good.clone();
     b.minter = MinterKind::Builtin;
-    assert!(check(b).contains("sso.minter: builtin is not available yet"));
+    let builtin = check(b);
+    for key in [
+        "sso.provisioning.workspace_id",
+        "dify.database_url",
+        "dify.redis_url",
+    ] {
+        assert!(builtin.contains(key), "{key} in {builtin}");
+    }
     let mut b = good.clone();
     b.oidc.algorithms = vec!["none".into()];
     assert!(check(b).contains("sso.oidc.algorithms"));

@@ -76,7 +76,9 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 pub mod browser_sim;
+pub mod cas_mock;
 pub mod dify_mock;
+pub mod dify_services;
 pub mod identity_mock;
 pub mod mock_http;
 pub mod sso_env;
