@@ -17,8 +17,13 @@ const LOGIN_URL: &str = "http://sso.invalid/login?ret={callback_url}";
 /// SSO on (token exchange, a dead exchange URL: only the 302 to the login page matters here),
 /// `sso.enforce` on, api and web on echo mocks.
 async fn sso_gateway(api: &MockUpstream, web: &MockUpstream) -> Gateway {
+    sso_gateway_with(api, web, "").await
+}
+
+/// As [`sso_gateway`], with `extra` lines under `sso:` (each starting with two spaces).
+async fn sso_gateway_with(api: &MockUpstream, web: &MockUpstream, extra: &str) -> Gateway {
     let yaml = format!(
-        "sso:\n  login_url: {}\n  state_secret: \"hostile-input-state-secret-0123456789\"\n  enforce: true\n  \
+        "sso:\n{extra}  login_url: {}\n  state_secret: \"hostile-input-state-secret-0123456789\"\n  enforce: true\n  \
          exchange:\n    url: {}\n    timeout: \"1s\"\ndify:\n  secret_key: \"hostile-input-dify-secret-key-0123456789\"\n",
         yq(LOGIN_URL),
         yq(&format!("http://{}/get_dify_token", dead_addr())),
@@ -214,6 +219,33 @@ async fn spoofed_forwarding_headers_never_reach_upstream() {
     assert_eq!(echo.header_all("x-request-id"), [id.as_str()]);
     // Not ours to touch (dify-reference §2b).
     assert_eq!(echo.header_all("x-trace-id"), ["caller-trace"]);
+}
+
+/// A spoofed `X-Forwarded-For` / `X-Real-IP` naming a `bypass_cidrs` address from an untrusted
+/// client steers nothing: `/signin` still goes to the SSO and the closed endpoints stay closed.
+#[tokio::test]
+async fn spoofed_client_address_does_not_unlock_the_sso_bypass() {
+    let api = MockUpstream::echo("api").await;
+    let web = MockUpstream::echo("web").await;
+    let gw = sso_gateway_with(&api, &web, "  bypass_cidrs: [\"6.6.6.0/24\"]\n").await;
+    let spoof = "X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX_Forwarded_For: 6.6.6.6\r\n";
+    let r = raw_get(gw.listen, "/signin", spoof).await;
+    assert_eq!(r.status, 302, "{:?}", r.text());
+    assert!(
+        r.header("location")
+            .unwrap()
+            .starts_with("http://sso.invalid/")
+    );
+    let r = raw(
+        gw.listen,
+        format!(
+            "POST /console/api/login HTTP/1.1\r\nHost: h\r\n{spoof}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(api.received().is_empty() && web.received().is_empty());
 }
 
 /// Open redirects through `/signin?redirect_url=`: for every payload, the landing page at the end of
@@ -477,6 +509,7 @@ async fn smuggling_and_framing_never_reach_upstream_twice() {
             .iter()
             .map(|r| r.uri.clone())
             .collect();
+        eprintln!("framing {name}: answers {codes:?}, upstream saw {got:?}");
         assert!(
             !got.iter().any(|u| u.contains("smuggled")),
             "{name}: the smuggled request reached api: {got:?} (answer {text:?})"
@@ -667,4 +700,73 @@ async fn callback_input_is_refused_cleanly() {
     assert!((400..500).contains(&r.status), "chunked: {}", r.status);
     assert!(api.received().is_empty() && web.received().is_empty());
     assert_eq!(raw_get(gw.listen, "/signin", "").await.status, 302);
+}
+
+/// After `Content-Length` + `Transfer-Encoding` the connection must close (RFC 9112 §6.1), and an
+/// HTTP/1.0 request without `Connection: keep-alive` is not kept alive: a request sent later on
+/// the same connection is never read, and a client reading to the end is not left waiting.
+#[tokio::test]
+async fn ambiguous_framing_and_http10_close_the_connection() {
+    let api = MockUpstream::echo("api").await;
+    let gw = Gateway::builder()
+        .upstream("api", &[api.addr])
+        .limit("keepalive_timeout", "30s")
+        .start()
+        .await;
+    let host = gw.listen;
+    for (name, first) in [
+        (
+            "CL+TE",
+            format!(
+                "POST /v1/a HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "HTTP/1.0",
+            format!("GET /v1/a HTTP/1.0\r\nHost: {host}\r\n\r\n"),
+        ),
+    ] {
+        let before = api.received().len();
+        let mut s = TcpStream::connect(gw.listen).await.unwrap();
+        s.write_all(first.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A second request in a later write: on a closed connection it is never read.
+        let _ = s
+            .write_all(b"GET /v1/second HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let mut out = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            closed.is_ok(),
+            "{name}: the connection stays open: {text:?}"
+        );
+        assert_eq!(statuses(&text), [200], "{name}: {text:?}");
+        let got: Vec<String> = api.received()[before..]
+            .iter()
+            .map(|r| r.uri.clone())
+            .collect();
+        assert_eq!(got, ["/v1/a"], "{name}");
+    }
+    // HTTP/1.0 asking for keep-alive, and HTTP/1.1, still get it.
+    let mut s = TcpStream::connect(gw.listen).await.unwrap();
+    s.write_all(
+        format!("GET /v1/k HTTP/1.0\r\nHost: {host}\r\nConnection: keep-alive\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200")
+            || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.0 200")
+    );
+    let open = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await;
+    assert!(
+        open.is_err(),
+        "keep-alive asked for, so the connection stays open"
+    );
 }

@@ -233,3 +233,63 @@ async fn a_thousand_slow_clients_do_not_stop_normal_traffic() {
     // And after them, still serving.
     assert_eq!(Req::get("/v1/after").send(gw.listen).await.status, 200);
 }
+
+/// The header clock stops once the header is in: a slow body (each read within
+/// client_body_timeout), a slow upstream and a long-lived keep-alive connection all outlast a short
+/// client_header_timeout.
+#[tokio::test]
+async fn header_clock_stops_once_the_header_is_in() {
+    let api = MockUpstream::start("api", |r| async move {
+        if r.uri.starts_with("/v1/slow") {
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+        }
+        echo_response(&r)
+    })
+    .await;
+    let gw = Gateway::builder()
+        .upstream("api", &[api.addr])
+        .limit("client_header_timeout", "1s")
+        .limit("client_body_timeout", "1s")
+        .start()
+        .await;
+    // A body that takes 2.5 s in total, 0.5 s between writes.
+    let mut s = TcpStream::connect(gw.listen).await.unwrap();
+    s.write_all(
+        b"POST /v1/body HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for b in b"hello" {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let (out, _) = read_until_closed(&mut s, WAIT).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    assert!(text.contains("\"body_len\":5"), "{text:?}");
+
+    // An upstream slower than client_header_timeout.
+    let r = Req::get("/v1/slow").send(gw.listen).await;
+    assert_eq!(r.status, 200);
+
+    // Six requests over 3 s on one kept-alive connection.
+    let stream = TcpStream::connect(gw.listen).await.unwrap();
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for i in 0..6 {
+        let req = hyper::Request::get(format!("/v1/keep{i}"))
+            .header("host", "x")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = tx
+            .send_request(req)
+            .await
+            .expect("same connection still open");
+        assert_eq!(resp.status(), 200);
+        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -272,8 +272,14 @@ async fn refuse_oversize_header(session: &mut Session, ctx: &mut RequestCtx) -> 
     Ok(true)
 }
 
-/// Offers keep-alive (nginx's `keepalive_timeout`), except once the process is draining.
+/// Offers keep-alive (nginx's `keepalive_timeout`), except once the process is draining, and never
+/// where Pingora already ruled it out: `Connection: close`, HTTP/1.0 without keep-alive, and
+/// `Content-Length` + `Transfer-Encoding` (RFC 9112 §6.1: close after answering, or whatever the
+/// client sends next could be a request smuggled past a proxy in front that read the length).
 fn keep_alive_unless_draining(session: &mut Session, ctx: &RequestCtx) {
+    if session.get_keepalive().is_none() {
+        return;
+    }
     let keepalive = ctx.snap.config.limits.keepalive_timeout.as_secs();
     session.set_keepalive((!crate::ops::drain::is_draining()).then_some(keepalive));
 }

@@ -49,6 +49,11 @@ pub fn safe_return_target(raw: &str, reserved: &[&str]) -> Option<String> {
         out.push('#');
         out.push_str(f);
     }
+    // Percent-encoding can triple the length: the result must fit too (it goes into the sealed
+    // state cookie, and is checked again, with the same limit, at /sso/continue).
+    if out.len() > MAX_LEN {
+        return None;
+    }
     Some(out)
 }
 
