@@ -348,6 +348,24 @@ async fn metrics_parse_and_move_with_traffic() {
     assert!(histogram.contains("dify_gateway_request_duration_seconds_bucket{route=\"/probe\""));
     assert!(histogram.contains("dify_gateway_upstream_duration_seconds_count{upstream=\"a\"}"));
     assert!(histogram.contains("dify_gateway_config_info{hash=\""));
+    // A client connection is counted from accept to close.
+    let open = || async { metric(&gw, "dify_gateway_open_connections", &[]).await };
+    let before = open().await;
+    let conn = tokio::net::TcpStream::connect(gw.listen).await.unwrap();
+    let counted = poll_until(WAIT, || async {
+        (open().await == before + 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "open_connections did not count a new connection"
+    );
+    drop(conn);
+    let released = poll_until(WAIT, || async { (open().await == before).then_some(()) }).await;
+    assert!(
+        released.is_some(),
+        "open_connections did not drop when the client closed"
+    );
 }
 
 /// A reqwest client (the process needs its TLS provider chosen first, even for plain http).

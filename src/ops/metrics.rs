@@ -17,6 +17,7 @@ pub struct Metrics {
     pub received_bytes: IntCounter,
     pub sent_bytes: IntCounter,
     pub in_flight: IntGauge,
+    pub open_connections: IntGauge,
     pub sso_signins: IntCounterVec,
     pub sso_exchange_duration: Histogram,
     pub config_reloads: IntCounterVec,
@@ -119,6 +120,10 @@ impl Metrics {
             in_flight: gauge(
                 "requests_in_flight",
                 "Requests (and upgraded connections) being served now",
+            ),
+            open_connections: gauge(
+                "open_connections",
+                "Client connections open on the public listeners",
             ),
             sso_signins: counter_vec(
                 "sso_signins_total",

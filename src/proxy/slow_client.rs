@@ -249,6 +249,22 @@ pub fn await_next_request(session: &Session) {
     }
 }
 
+/// Counts a client connection for as long as it lives (also when its task is cancelled).
+struct OpenConnection;
+
+impl OpenConnection {
+    fn count() -> OpenConnection {
+        crate::ops::metrics::METRICS.open_connections.inc();
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        crate::ops::metrics::METRICS.open_connections.dec();
+    }
+}
+
 /// Wraps an application (the HTTP proxy) so that every connection it gets is a [`ClientStream`].
 pub struct SlowClientGuard<A> {
     pub inner: Arc<A>,
@@ -262,6 +278,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for SlowClientGuard<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _open = OpenConnection::count();
         // HTTP/2 multiplexes requests on one connection: its header phases are not ours to time.
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.inner.process_new(stream, shutdown).await;
