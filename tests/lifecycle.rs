@@ -91,15 +91,14 @@ async fn probe_answer(gw: &Gateway) -> String {
     Req::get("/probe").send(gw.listen).await.echo().upstream
 }
 
+/// The admin listener's `/metrics` text.
+async fn metrics_text(gw: &Gateway) -> String {
+    let resp = client().get(gw.admin_url("/metrics")).send().await.unwrap();
+    resp.text().await.unwrap()
+}
+
 async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(gw).await;
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
         .expect("/metrics parses as Prometheus text");
     scrape
@@ -337,14 +336,7 @@ async fn metrics_parse_and_move_with_traffic() {
     })
     .await;
     assert!(moved.is_some(), "requests_total did not count 5 requests");
-    let histogram = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let histogram = metrics_text(&gw).await;
     assert!(histogram.contains("dify_gateway_request_duration_seconds_bucket{route=\"/probe\""));
     assert!(histogram.contains("dify_gateway_upstream_duration_seconds_count{upstream=\"a\"}"));
     assert!(histogram.contains("dify_gateway_config_info{hash=\""));

@@ -118,6 +118,17 @@ pub enum StoreError {
     Before(String),
 }
 
+/// The first account (id, status) a look-up query returns.
+async fn find_account(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<(Uuid, String)>, StoreError> {
+    let q = tx.prepare_cached(sql).await.map_err(db_err)?;
+    let row = tx.query_opt(&q, params).await.map_err(db_err)?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
 fn db_err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Database(describe_pg(&e))
 }
@@ -220,44 +231,21 @@ impl DifyStore {
         // case-insensitive for addresses stored with capitals).
         let mut found: Option<(Uuid, String)> = None;
         if let Some((provider, _)) = &link {
-            let q = tx
-                .prepare_cached(
-                    "SELECT a.id, a.status FROM account_integrates i JOIN accounts a ON a.id = i.account_id \
-                     WHERE i.provider = $1 AND i.open_id = $2 LIMIT 1",
-                )
-                .await
-                .map_err(db_err)?;
-            found = tx
-                .query_opt(&q, &[provider, &req.subject])
-                .await
-                .map_err(db_err)?
-                .map(|r| (r.get(0), r.get(1)));
+            found = find_account(
+                &tx,
+                "SELECT a.id, a.status FROM account_integrates i JOIN accounts a ON a.id = i.account_id \
+                 WHERE i.provider = $1 AND i.open_id = $2 LIMIT 1",
+                &[provider, &req.subject],
+            )
+            .await?;
         }
-        if found.is_none() {
-            let q = tx
-                .prepare_cached(
-                    "SELECT id, status FROM accounts WHERE email = $1 ORDER BY created_at LIMIT 1",
-                )
-                .await
-                .map_err(db_err)?;
-            found = tx
-                .query_opt(&q, &[&req.email])
-                .await
-                .map_err(db_err)?
-                .map(|r| (r.get(0), r.get(1)));
-        }
-        if found.is_none() {
-            let q = tx
-                .prepare_cached(
-                    "SELECT id, status FROM accounts WHERE lower(email) = $1 ORDER BY created_at LIMIT 1",
-                )
-                .await
-                .map_err(db_err)?;
-            found = tx
-                .query_opt(&q, &[&req.email])
-                .await
-                .map_err(db_err)?
-                .map(|r| (r.get(0), r.get(1)));
+        for by_email in [
+            "SELECT id, status FROM accounts WHERE email = $1 ORDER BY created_at LIMIT 1",
+            "SELECT id, status FROM accounts WHERE lower(email) = $1 ORDER BY created_at LIMIT 1",
+        ] {
+            if found.is_none() {
+                found = find_account(&tx, by_email, &[&req.email]).await?;
+            }
         }
 
         let ip = req.client_ip.as_deref();
