@@ -650,20 +650,15 @@ async fn callback_input_is_refused_cleanly() {
     ];
     for (name, req) in cases {
         let r = raw(gw.listen, &req).await;
-        // No usable token: 400; too large: 413; wrong method: 405. A token that is there, however
-        // odd, is passed to the exchange, which is dead here: 502.
+        // No usable token, several different ones, control characters or an impossible size: 400;
+        // too large a body: 413; wrong method: 405. A token that is merely odd (bytes that are not
+        // UTF-8) is passed to the exchange, which is dead here: 502.
         let want: &[u16] = match name {
             "over 64 KiB" => &[413],
             "PUT" => &[405],
-            "duplicated token"
-            | "enormous token"
-            | "invalid utf-8"
-            | "invalid percent"
-            | "encoded invalid utf-8"
-            | "nul"
-            | "crlf"
-            | "GET duplicated"
-            | "GET bad percent" => &[400, 502],
+            "invalid utf-8" | "invalid percent" | "encoded invalid utf-8" | "GET bad percent" => {
+                &[400, 502]
+            }
             _ => &[400],
         };
         eprintln!("callback {name}: {}", r.status);

@@ -170,11 +170,39 @@ impl SignInProtocol for TokenExchange {
             .param(&self.token_param)
             .filter(|t| !t.trim().is_empty())
             .ok_or(SsoFailure::MissingToken)?;
+        refuse_odd_token(token, callback)?;
         log::info!(trace_id = callback.trace_id, sso_token = mask(token).as_str(); "exchanging the SSO token");
         self.call(token, callback.trace_id)
             .await
             .map(SignInOutcome::Session)
     }
+}
+
+/// Largest sign-in token passed on to the exchange (QSSO tokens are a few dozen characters).
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// A token the SSO could not have sent: several different ones, control characters, or a size no
+/// SSO token has. Refused here (400) rather than handed to the management service to refuse.
+fn refuse_odd_token(token: &str, callback: &CallbackInput<'_>) -> Result<(), SsoFailure> {
+    let name = callback
+        .params
+        .iter()
+        .find(|(_, v)| v == token)
+        .map(|(k, _)| k.as_str());
+    let several = callback
+        .params
+        .iter()
+        .any(|(k, v)| Some(k.as_str()) == name && v != token);
+    let why = if several {
+        "the callback carried several different sign-in tokens"
+    } else if token.chars().any(char::is_control) {
+        "the sign-in token contains control characters"
+    } else if token.len() > MAX_TOKEN_LEN {
+        "the sign-in token is longer than any SSO token"
+    } else {
+        return Ok(());
+    };
+    Err(SsoFailure::BadCallback(why.into()))
 }
 
 #[cfg(test)]
