@@ -170,7 +170,7 @@ impl SignInProtocol for TokenExchange {
             .param(&self.token_param)
             .filter(|t| !t.trim().is_empty())
             .ok_or(SsoFailure::MissingToken)?;
-        refuse_odd_token(token, callback)?;
+        refuse_odd_token(token, &self.token_param, callback)?;
         log::info!(trace_id = callback.trace_id, sso_token = mask(token).as_str(); "exchanging the SSO token");
         self.call(token, callback.trace_id)
             .await
@@ -183,16 +183,15 @@ const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 /// A token the SSO could not have sent: several different ones, control characters, or a size no
 /// SSO token has. Refused here (400) rather than handed to the management service to refuse.
-fn refuse_odd_token(token: &str, callback: &CallbackInput<'_>) -> Result<(), SsoFailure> {
-    let name = callback
-        .params
-        .iter()
-        .find(|(_, v)| v == token)
-        .map(|(k, _)| k.as_str());
+fn refuse_odd_token(
+    token: &str,
+    param: &str,
+    callback: &CallbackInput<'_>,
+) -> Result<(), SsoFailure> {
     let several = callback
         .params
         .iter()
-        .any(|(k, v)| Some(k.as_str()) == name && v != token);
+        .any(|(k, v)| k == param && v != token);
     let why = if several {
         "the callback carried several different sign-in tokens"
     } else if token.chars().any(char::is_control) {
