@@ -192,21 +192,8 @@ impl Drop for MockServer {
     }
 }
 
-/// Escapes text for HTML content and attribute values.
-pub fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// Escapes text for HTML content and attribute values (the gateway's own escaper).
+pub use dify_gateway::pages::escape as html_escape;
 
 /// A simple page around `inner`.
 pub fn page(title: &str, inner: &str) -> String {
