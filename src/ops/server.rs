@@ -10,7 +10,7 @@ use crate::ops::metrics::METRICS;
 use crate::ops::reload::Reloader;
 use crate::ops::upstream_health::UpstreamHealth;
 use crate::proxy::DifyGateway;
-use crate::proxy::slow_client::SlowClientGuard;
+use crate::proxy::connection::ClientConnections;
 use crate::state::{SharedSnapshot, Snapshot};
 use arc_swap::ArcSwap;
 use pingora::listeners::ListenerConfig;
@@ -58,12 +58,12 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
         state: state.clone(),
         access_log: Arc::new(access_log),
     };
-    // Every client connection gets a deadline on its request header (limits.client_header_timeout).
-    let guarded = SlowClientGuard {
-        inner: Arc::new(http_proxy(&server.configuration, gateway)),
+    // Client connections get a header deadline, and wait between requests without the proxy.
+    let connections = ClientConnections {
+        proxy: Arc::new(http_proxy(&server.configuration, gateway)),
         state: state.clone(),
     };
-    let mut proxy = Service::new("Pingora HTTP Proxy Service".to_string(), guarded);
+    let mut proxy = Service::new("Pingora HTTP Proxy Service".to_string(), connections);
     for addr in &listen {
         // No extra 64 KiB read buffer per client connection: Pingora parses headers into its own
         // buffer and reads bodies in 64 KiB chunks anyway, so an idle keep-alive connection costs

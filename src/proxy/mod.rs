@@ -6,6 +6,7 @@
 //! `response_filter` (trace id, logout mark) -> `logging` (access log). Failures end in
 //! `fail_to_proxy`, which writes our error page.
 
+pub mod connection;
 pub mod context;
 pub mod forwarding;
 pub mod respond;

@@ -7,10 +7,12 @@
 //! the first byte of the next request; it ends when the proxy's `request_filter` sees the parsed
 //! header ([`header_done`]). Bodies are timed per read by Pingora (`limits.client_body_timeout`,
 //! set in `request_filter`), as nginx's `client_body_timeout` is.
+//!
+//! The stream also lets a connection wait for its next request without a buffer
+//! ([`ClientStream::poll_next_request`]): see [`super::connection`] for why.
 
-use crate::state::SharedSnapshot;
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use bytes::{Buf, Bytes};
 use pingora::protocols::tls::TlsRef;
 use pingora::protocols::{
     ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
@@ -18,13 +20,13 @@ use pingora::protocols::{
 };
 use pingora::protocols::{Stream, raw_connect::ProxyDigest, tls::SslDigest};
 use pingora::proxy::Session;
-use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -44,7 +46,12 @@ pub struct ClientStream {
     /// Milliseconds after `base` (+1, so that 0 means disarmed), or [`ARM_ON_READ`].
     deadline: AtomicU64,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// The first bytes of the next request, read while waiting for it; served before the socket.
+    received: Option<Bytes>,
 }
+
+/// Stack space for the first read of a request; a longer header is read on by Pingora.
+const FIRST_READ: usize = 4096;
 
 impl ClientStream {
     pub fn new(inner: Stream, timeout: Duration) -> ClientStream {
@@ -54,6 +61,7 @@ impl ClientStream {
             base: Instant::now(),
             deadline: AtomicU64::new(DISARMED),
             sleep: None,
+            received: None,
         };
         s.arm_now();
         s
@@ -82,6 +90,23 @@ impl ClientStream {
     pub fn await_next_request(&self) {
         self.deadline.store(ARM_ON_READ, Ordering::Relaxed);
     }
+
+    /// Ready with `true` once the client has sent the first bytes of its next request (kept for
+    /// the next read), `false` when it closed the connection. The read buffer lives on the stack
+    /// for the length of one poll, so a connection waiting here holds no buffer at all.
+    pub fn poll_next_request(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if self.received.is_some() {
+            return Poll::Ready(Ok(true));
+        }
+        let mut scratch = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut buf = ReadBuf::uninit(&mut scratch);
+        ready!(Pin::new(&mut *self).poll_read(cx, &mut buf))?;
+        if buf.filled().is_empty() {
+            return Poll::Ready(Ok(false));
+        }
+        self.received = Some(Bytes::copy_from_slice(buf.filled()));
+        Poll::Ready(Ok(true))
+    }
 }
 
 fn timed_out() -> io::Error {
@@ -98,6 +123,15 @@ impl AsyncRead for ClientStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(received) = this.received.as_mut() {
+            let n = received.len().min(buf.remaining());
+            buf.put_slice(&received[..n]);
+            received.advance(n);
+            if received.is_empty() {
+                this.received = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         let got_bytes = matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before;
@@ -225,7 +259,15 @@ impl GetSocketDigest for ClientStream {
 #[async_trait]
 impl Peek for ClientStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        match &self.received {
+            // Peeking past what was already read would reorder bytes: say it cannot be done.
+            Some(received) if received.len() < buf.len() => Ok(false),
+            Some(received) => {
+                buf.copy_from_slice(&received[..buf.len()]);
+                Ok(true)
+            }
+            None => self.inner.try_peek(buf).await,
+        }
     }
 }
 
@@ -246,49 +288,5 @@ pub fn header_done(session: &Session) {
 pub fn await_next_request(session: &Session) {
     if let Some(s) = client_stream(session) {
         s.await_next_request();
-    }
-}
-
-/// Counts a client connection for as long as it lives (also when its task is cancelled).
-struct OpenConnection;
-
-impl OpenConnection {
-    fn count() -> OpenConnection {
-        crate::ops::metrics::METRICS.open_connections.inc();
-        OpenConnection
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        crate::ops::metrics::METRICS.open_connections.dec();
-    }
-}
-
-/// Wraps an application (the HTTP proxy) so that every connection it gets is a [`ClientStream`].
-pub struct SlowClientGuard<A> {
-    pub inner: Arc<A>,
-    pub state: SharedSnapshot,
-}
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for SlowClientGuard<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let _open = OpenConnection::count();
-        // HTTP/2 multiplexes requests on one connection: its header phases are not ours to time.
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return self.inner.process_new(stream, shutdown).await;
-        }
-        let timeout = self.state.load().config.limits.client_header_timeout;
-        let wrapped: Stream = Box::new(ClientStream::new(stream, timeout));
-        self.inner.process_new(wrapped, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
     }
 }
