@@ -17,6 +17,7 @@ use crate::proxy::slow_client::ClientStream;
 use crate::state::SharedSnapshot;
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::prelude::fast_timeout::fast_timeout;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{ALPN, Stream};
 use pingora::server::ShutdownWatch;
@@ -71,7 +72,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ClientConnections<A
             persistent = settings;
             // What went into the session comes back out of it.
             client = stream.into_any().downcast::<ClientStream>().ok()?;
-            idle_limit = Some(keepalive_limit(&self.state));
+            idle_limit = keepalive_limit(&self.state);
         }
     }
 
@@ -90,7 +91,9 @@ async fn next_request(
     let arrival = poll_fn(|cx| client.poll_next_request(cx));
     let arrival = async {
         match idle_limit {
-            Some(limit) => tokio::time::timeout(limit, arrival).await.ok(),
+            // Pingora's coarse timer wheel: one shared entry per 10 ms deadline, where tokio's
+            // timer would register and cancel an entry for every request.
+            Some(limit) => fast_timeout(limit, arrival).await.ok(),
             None => Some(arrival.await),
         }
     };
@@ -105,11 +108,8 @@ async fn next_request(
 
 /// How long a kept-alive connection may wait for its next request: `limits.keepalive_timeout`
 /// of the running configuration; 0 means no limit (as in Pingora and nginx).
-fn keepalive_limit(state: &SharedSnapshot) -> Duration {
-    match state.load().config.limits.keepalive_timeout {
-        d if d.is_zero() => Duration::MAX,
-        d => d,
-    }
+fn keepalive_limit(state: &SharedSnapshot) -> Option<Duration> {
+    Some(state.load().config.limits.keepalive_timeout).filter(|d| !d.is_zero())
 }
 
 /// Counts a client connection for as long as it lives (also when its task is cancelled).

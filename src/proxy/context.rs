@@ -17,7 +17,7 @@ pub struct RequestCtx {
     pub path: String,
     /// The matched route's prefix (a bounded metrics label), or what answered instead.
     pub route: &'static str,
-    pub route_prefix: Option<String>,
+    pub route_prefix: Option<Arc<str>>,
     pub upstream: Option<Arc<Upstream>>,
     pub dify_hook_url: bool,
     /// Backends that refused a connection, so a retry picks another.

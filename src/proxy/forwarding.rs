@@ -3,6 +3,9 @@
 //! `X-Forwarded-For` can neither reach Dify nor steer a decision of ours (bypass lists, logs).
 
 use crate::state::Snapshot;
+use http::HeaderValue;
+use pingora::ErrorType::InvalidHTTPHeader;
+use pingora::OrErr;
 use pingora::http::RequestHeader;
 use std::net::IpAddr;
 
@@ -70,10 +73,13 @@ impl ClientInfo {
 
     /// Rewrites the forwarding headers of the upstream request, as Dify's `proxy.conf` does.
     pub fn apply(&self, req: &mut RequestHeader, trace_id: &str) -> pingora::Result<()> {
-        let peer = self.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let peer = ip_value(self.peer_ip)?;
         let xff = match (self.trusted, header_str(req, "x-forwarded-for")) {
-            (true, Some(prev)) if !prev.trim().is_empty() => format!("{}, {peer}", prev.trim()),
-            _ => peer,
+            (true, Some(prev)) if !prev.trim().is_empty() => {
+                let chain = format!("{}, {}", prev.trim(), peer.to_str().unwrap_or_default());
+                HeaderValue::try_from(chain).or_err(InvalidHTTPHeader, "X-Forwarded-For")?
+            }
+            _ => peer.clone(),
         };
         {
             // Whatever an untrusted client claims about the path to us is dropped. Underscore
@@ -93,14 +99,25 @@ impl ClientInfo {
                 req.remove_header(&name);
             }
         }
+        // The client is usually the peer itself: one header value serves both.
+        let real = if self.client_ip == self.peer_ip {
+            peer
+        } else {
+            ip_value(self.client_ip)?
+        };
         req.insert_header("X-Forwarded-For", xff)?;
-        req.insert_header("X-Forwarded-Proto", self.scheme)?;
+        req.insert_header("X-Forwarded-Proto", HeaderValue::from_static(self.scheme))?;
         req.insert_header("X-Forwarded-Port", self.port.as_str())?;
-        let real = self.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         req.insert_header("X-Real-IP", real)?;
         req.insert_header("X-Request-Id", trace_id)?;
         Ok(())
     }
+}
+
+/// An address as a header value; empty when unknown (a Unix socket peer).
+fn ip_value(ip: Option<IpAddr>) -> pingora::Result<HeaderValue> {
+    let text = ip.map(|ip| ip.to_string()).unwrap_or_default();
+    HeaderValue::try_from(text).or_err(InvalidHTTPHeader, "client address")
 }
 
 /// Headers that describe the path to the gateway or name the request (lower-case names).

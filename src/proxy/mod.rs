@@ -50,11 +50,11 @@ impl ProxyHttp for DifyGateway {
         if refuse_oversize_header(session, ctx).await? {
             return Ok(true);
         }
-        let raw_path = session.req_header().uri.path().to_string();
-        match normalize(&raw_path) {
+        let raw_path = session.req_header().uri.path();
+        match normalize(raw_path) {
             Ok(p) => ctx.path = p.into_owned(),
             Err(e) => {
-                ctx.path = raw_path;
+                ctx.path = raw_path.to_string();
                 respond::error(session, ctx, 400, "bad_request", e.reason()).await?;
                 return Ok(true);
             }

@@ -5,11 +5,13 @@ pub mod path;
 pub mod upstream;
 
 use crate::config::RouteConfig;
+use std::sync::Arc;
 
 /// One location of the table, ready for matching.
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub prefix: String,
+    /// Shared, because every request names its route in the access log and metrics.
+    pub prefix: Arc<str>,
     pub upstream: String,
     pub dify_hook_url: bool,
 }
@@ -40,7 +42,7 @@ impl RouteTable {
         let mut routes: Vec<Route> = config
             .iter()
             .map(|r| Route {
-                prefix: r.prefix.clone(),
+                prefix: r.prefix.as_str().into(),
                 upstream: r.upstream.clone(),
                 dify_hook_url: r.dify_hook_url,
             })
@@ -51,7 +53,7 @@ impl RouteTable {
 
     /// nginx prefix semantics: `/v1` matches `/v1xyz` too; the longest matching prefix wins.
     pub fn find(&self, path: &str) -> RouteMatch<'_> {
-        if let Some(route) = self.routes.iter().find(|r| path.starts_with(&r.prefix)) {
+        if let Some(route) = self.routes.iter().find(|r| path.starts_with(&*r.prefix)) {
             // A shorter prefix (such as `/`) matched, but a longer `prefix/` location exists for
             // exactly this path without its slash: nginx redirects rather than falling through.
             if let Some(slashed) = self.routes.iter().find(|r| {
