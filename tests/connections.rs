@@ -10,36 +10,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Reads one `Content-Length` framed response: its status line and body.
-async fn read_response(s: &mut TcpStream, pending: &mut Vec<u8>) -> (String, Vec<u8>) {
-    let mut buf = [0u8; 8192];
-    loop {
-        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&pending[..end]).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .expect("a Content-Length framed answer");
-            if pending.len() >= end + 4 + len {
-                let body = pending[end + 4..end + 4 + len].to_vec();
-                pending.drain(..end + 4 + len);
-                let status = head.lines().next().unwrap_or_default().to_string();
-                return (status, body);
-            }
-        }
-        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
-            .await
-            .expect("an answer in time")
-            .expect("a readable connection");
-        assert!(n > 0, "closed before a whole answer: {pending:?}");
-        pending.extend_from_slice(&buf[..n]);
-    }
-}
-
 fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
 }

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Sends `req` on a new connection to `addr` and returns the response as soon as its head arrives
@@ -341,4 +341,38 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[(eol + 2 + size + 2).min(data.len())..];
     }
     out
+}
+
+/// Reads one `Content-Length` framed response from a kept-alive connection: its status line and
+/// body. Bytes read past it stay in `pending` for the next call.
+pub async fn read_response<S: AsyncRead + Unpin>(
+    s: &mut S,
+    pending: &mut Vec<u8>,
+) -> (String, Vec<u8>) {
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("a Content-Length framed answer");
+            if pending.len() >= end + 4 + len {
+                let body = pending[end + 4..end + 4 + len].to_vec();
+                pending.drain(..end + 4 + len);
+                let status = head.lines().next().unwrap_or_default().to_string();
+                return (status, body);
+            }
+        }
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("a readable connection");
+        assert!(n > 0, "closed before a whole answer: {pending:?}");
+        pending.extend_from_slice(&buf[..n]);
+    }
 }
