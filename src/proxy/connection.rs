@@ -46,8 +46,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ClientConnections<A
             // HTTP/2 multiplexes requests on one connection: its header phases are not ours to time.
             return self.proxy.process_new(stream, shutdown).await;
         }
-        let limits = self.state.load().config.limits.clone();
-        let mut client = Box::new(ClientStream::new(stream, limits.client_header_timeout));
+        let header_timeout = self.state.load().config.limits.client_header_timeout;
+        let mut client = Box::new(ClientStream::new(stream, header_timeout));
         // The first request is timed by the header deadline alone, as it is in Pingora.
         let mut idle_limit = None;
         let mut persistent: Option<HttpPersistentSettings> = None;
@@ -64,9 +64,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ClientConnections<A
                     session.set_keepalive_reuses_remaining(limit);
                 }
             }
-            if *shutdown.borrow() {
-                session.set_keepalive(None);
-            }
+            // Once the server is shutting down, Pingora's process_new_http turns keep-alive off.
             let reused = self.proxy.process_new_http(session, shutdown).await?;
             let (stream, settings) = reused.consume();
             persistent = settings;
