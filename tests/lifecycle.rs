@@ -91,28 +91,6 @@ async fn probe_answer(gw: &Gateway) -> String {
     Req::get("/probe").send(gw.listen).await.echo().upstream
 }
 
-/// The admin listener's `/metrics` text.
-async fn metrics_text(gw: &Gateway) -> String {
-    let resp = client().get(gw.admin_url("/metrics")).send().await.unwrap();
-    resp.text().await.unwrap()
-}
-
-async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = metrics_text(gw).await;
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-        .expect("/metrics parses as Prometheus text");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-            prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_reloads_under_load_lose_nothing_and_apply_within_a_second() {
     let a = MockUpstream::echo("a").await;
@@ -153,18 +131,14 @@ async fn twenty_reloads_under_load_lose_nothing_and_apply_within_a_second() {
         "the load was too light to mean anything: {ok} requests"
     );
     assert_eq!(
-        metric(
-            &gw,
+        gw.metric(
             "dify_gateway_config_reloads_total",
             &[("result", "success")]
         )
         .await,
         20.0
     );
-    assert_eq!(
-        metric(&gw, "dify_gateway_config_generation", &[]).await,
-        21.0
-    );
+    assert_eq!(gw.metric("dify_gateway_config_generation", &[]).await, 21.0);
 }
 
 #[tokio::test]
@@ -182,12 +156,9 @@ async fn an_invalid_config_on_sighup_changes_nothing() {
     .unwrap();
     gw.signal(libc::SIGHUP);
     let refused = poll_until(WAIT, || async {
-        let n = metric(
-            &gw,
-            "dify_gateway_config_reloads_total",
-            &[("result", "error")],
-        )
-        .await;
+        let n = gw
+            .metric("dify_gateway_config_reloads_total", &[("result", "error")])
+            .await;
         (n == 1.0).then_some(())
     })
     .await;
@@ -208,10 +179,7 @@ async fn an_invalid_config_on_sighup_changes_nothing() {
         "the error must be logged with line and field:\n{}",
         gw.stderr()
     );
-    assert_eq!(
-        metric(&gw, "dify_gateway_config_generation", &[]).await,
-        1.0
-    );
+    assert_eq!(gw.metric("dify_gateway_config_generation", &[]).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,22 +294,22 @@ async fn metrics_parse_and_move_with_traffic() {
         ("upstream", "a"),
         ("status_class", "2xx"),
     ];
-    let before = metric(&gw, "dify_gateway_requests_total", &labels).await;
+    let before = gw.metric("dify_gateway_requests_total", &labels).await;
     for _ in 0..5 {
         probe_answer(&gw).await;
     }
     let moved = poll_until(WAIT, || async {
-        let now = metric(&gw, "dify_gateway_requests_total", &labels).await;
+        let now = gw.metric("dify_gateway_requests_total", &labels).await;
         (now == before + 5.0).then_some(())
     })
     .await;
     assert!(moved.is_some(), "requests_total did not count 5 requests");
-    let histogram = metrics_text(&gw).await;
+    let histogram = gw.metrics_text().await;
     assert!(histogram.contains("dify_gateway_request_duration_seconds_bucket{route=\"/probe\""));
     assert!(histogram.contains("dify_gateway_upstream_duration_seconds_count{upstream=\"a\"}"));
     assert!(histogram.contains("dify_gateway_config_info{hash=\""));
     // A client connection is counted from accept to close.
-    let open = || async { metric(&gw, "dify_gateway_open_connections", &[]).await };
+    let open = || async { gw.metric("dify_gateway_open_connections", &[]).await };
     let before = open().await;
     let conn = tokio::net::TcpStream::connect(gw.listen).await.unwrap();
     let counted = poll_until(WAIT, || async {

@@ -318,6 +318,33 @@ impl Gateway {
         }
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let request = b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+        let resp = super::raw_http(self.admin, request)
+            .await
+            .expect("/metrics answers");
+        assert_eq!(resp.status, 200, "/metrics");
+        resp.text()
+    }
+
+    /// A metric's value: the sum of its samples whose labels include `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics_text().await;
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("/metrics parses as Prometheus text");
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+
     /// Everything the gateway wrote to stderr so far.
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
