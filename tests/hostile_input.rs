@@ -176,11 +176,154 @@ async fn enforce_path_tricks_are_refused_and_never_reach_api() {
     // What stays open is still proxied.
     let open = raw_get(gw.listen, "/console/api/apps", "").await;
     assert_eq!(open.status, 200);
-    // werkzeug routes case-sensitively: `/console/api/LOGIN` is a 404 in Dify, not the login. The
-    // gateway neither folds case nor refuses it; it is forwarded exactly as sent.
+    // werkzeug routes case-sensitively, so `/console/api/LOGIN` is a 404 in Dify today; it is
+    // refused all the same, should a proxy in front or a later Dify fold case.
     let upper = raw_get(gw.listen, "/console/api/LOGIN", "").await;
-    assert_eq!(upper.status, 200);
-    assert_eq!(api.received().last().unwrap().uri, "/console/api/LOGIN");
+    assert_eq!(upper.status, 403);
+}
+
+/// Every route of Dify's that creates a session or an account, or sets or resets a password
+/// (reference §7; Dify 1.14 `api/controllers/console/auth/`, `console/setup.py`,
+/// `console/init_validate.py`, `web/login.py`, `web/forgot_password.py`): the corpus is written
+/// here from Dify's routes, independently of the gateway's own list.
+const DOORS: &[(&str, &str)] = &[
+    ("POST", "/console/api/login"),
+    ("POST", "/console/api/email-code-login"),
+    ("POST", "/console/api/email-code-login/validity"),
+    ("POST", "/console/api/reset-password"),
+    ("POST", "/console/api/forgot-password"),
+    ("POST", "/console/api/forgot-password/validity"),
+    ("POST", "/console/api/forgot-password/resets"),
+    ("GET", "/console/api/oauth/login/github"),
+    ("GET", "/console/api/oauth/login/google"),
+    ("GET", "/console/api/oauth/authorize/github"),
+    ("GET", "/console/api/oauth/authorize/google"),
+    ("POST", "/console/api/email-register/send-email"),
+    ("POST", "/console/api/email-register/validity"),
+    ("POST", "/console/api/email-register"),
+    ("GET", "/console/api/activate/check"),
+    ("POST", "/console/api/activate"),
+    ("POST", "/console/api/setup"),
+    ("POST", "/console/api/init"),
+    ("POST", "/api/login"),
+    ("POST", "/api/email-code-login"),
+    ("POST", "/api/email-code-login/validity"),
+    ("POST", "/api/forgot-password"),
+    ("POST", "/api/forgot-password/validity"),
+    ("POST", "/api/forgot-password/resets"),
+];
+
+/// The ways a client can spell one path so that Dify (werkzeug behind nginx-style routing) still
+/// acts on it: case, trailing and doubled slashes, percent escapes of any letter, dot segments,
+/// `;params`, and a query string.
+fn spellings(path: &str) -> Vec<String> {
+    let (head, last) = path.rsplit_once('/').unwrap();
+    let mut out = vec![
+        path.to_string(),
+        format!("{path}/"),
+        path.to_uppercase(),
+        path.replace('/', "//"),
+        format!("{head}/./{last}"),
+        format!("{head}/x/../{last}"),
+        format!("{path};jsessionid=1"),
+        format!("{head};x/{last}"),
+        format!("{path}?next=/apps"),
+        format!("{head}%2f{last}"),
+    ];
+    // Every character of the last segment percent-escaped in turn, and the whole segment.
+    for (i, c) in last.char_indices() {
+        out.push(format!(
+            "{head}/{}%{:02X}{}",
+            &last[..i],
+            c as u32,
+            &last[i + 1..]
+        ));
+    }
+    let escaped: String = last.bytes().map(|b| format!("%{b:02x}")).collect();
+    out.push(format!("{head}/{escaped}"));
+    out
+}
+
+#[tokio::test]
+async fn every_way_into_dify_beside_the_sso_is_closed_in_every_spelling() {
+    let api = MockUpstream::echo("api").await;
+    let web = MockUpstream::echo("web").await;
+    let gw = sso_gateway(&api, &web).await;
+    let mut tried = 0;
+    for (method, path) in DOORS {
+        for target in spellings(path) {
+            let req = format!(
+                "{method} {target} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+                 Accept: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",
+                gw.listen
+            );
+            let r = raw(gw.listen, req.as_bytes()).await;
+            assert_eq!(r.status, 403, "{method} {target}: {:?}", r.text());
+            let body: serde_json::Value = serde_json::from_str(r.text().trim())
+                .unwrap_or_else(|e| panic!("{method} {target}: not JSON ({e}): {:?}", r.text()));
+            assert_eq!(body["code"], "sso_enforced", "{method} {target}");
+            tried += 1;
+        }
+    }
+    assert!(tried > 400, "only {tried} requests");
+    assert!(
+        api.received().is_empty(),
+        "api saw a closed way in: {:?}",
+        api.received()
+            .iter()
+            .map(|r| (&r.method, &r.uri))
+            .collect::<Vec<_>>()
+    );
+    // CORS preflights are Dify's to answer, and create nothing.
+    let preflight = raw(
+        gw.listen,
+        format!(
+            "OPTIONS /console/api/login HTTP/1.1\r\nHost: {}\r\nOrigin: http://x.example\r\n\
+             Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n",
+            gw.listen
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(preflight.status, 200);
+}
+
+/// Routes beside the closed ones that are not ways in stay open (reference §7: logout, refresh,
+/// data-source and plugin OAuth need a session already; the setup status is read by every page).
+#[tokio::test]
+async fn what_is_not_a_way_in_is_still_proxied_under_enforce() {
+    let api = MockUpstream::echo("api").await;
+    let web = MockUpstream::echo("web").await;
+    let gw = sso_gateway(&api, &web).await;
+    for (method, target) in [
+        ("POST", "/console/api/logout"),
+        ("POST", "/console/api/refresh-token"),
+        ("GET", "/console/api/login-status"),
+        ("GET", "/console/api/setup"),
+        ("GET", "/console/api/init"),
+        ("GET", "/console/api/oauth/data-source/notion"),
+        ("GET", "/console/api/oauth/data-source/callback/notion"),
+        ("POST", "/console/api/oauth/provider"),
+        ("POST", "/console/api/oauth/provider/authorize"),
+        ("POST", "/console/api/api-key-auth/data-source/binding"),
+        ("GET", "/console/api/apps"),
+        ("GET", "/api/login/status"),
+        ("POST", "/api/logout"),
+        ("GET", "/api/passport"),
+        ("POST", "/v1/chat-messages"),
+    ] {
+        let req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            gw.listen
+        );
+        let r = raw(gw.listen, req.as_bytes()).await;
+        assert_eq!(r.status, 200, "{method} {target}: {:?}", r.text());
+        assert_eq!(
+            api.received().last().unwrap().uri,
+            target,
+            "{method} {target}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -174,7 +174,9 @@ async fn missing_or_empty_token_is_400_and_no_exchange_is_made() {
         ("GET", format!("{cb}/?x=1"), None),
     ];
     for (method, url, body) in requests {
+        // A sign-in this browser started, so the callback is one the gateway takes.
         let mut b = Browser::new();
+        assert_eq!(b.get(&env.url("/signin")).await.status, 302);
         let p = b.request(method, &url, body, Some(&sso), &[]).await;
         assert_error_page(&p, 400, "sent no sign-in token");
     }

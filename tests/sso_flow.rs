@@ -18,23 +18,20 @@ fn path_of(url: &str) -> String {
     }
 }
 
-fn assert_signed_in(p: &Page, name: &str) {
-    assert_eq!(p.status, 200, "{} -> {}: {}", p.url, p.status, p.body);
-    assert!(
-        p.body.contains(&format!("Signed in as {name}")),
-        "landing page {} is not signed in as {name}: {}",
-        p.url,
-        p.body
-    );
-}
-
 /// The profile API call the page's script makes: CSRF header read from the csrf cookie.
 async fn profile(env: &SsoEnv, b: &mut Browser, csrf_cookie: &str) -> Page {
-    let csrf = b.cookie(&env.url("/"), csrf_cookie).unwrap_or_default();
-    let from = env.url("/apps");
+    profile_at(b, &env.url(""), csrf_cookie).await
+}
+
+/// As [`profile`], with the browser on `origin`.
+async fn profile_at(b: &mut Browser, origin: &str, csrf_cookie: &str) -> Page {
+    let csrf = b
+        .cookie(&format!("{origin}/"), csrf_cookie)
+        .unwrap_or_default();
+    let from = format!("{origin}/apps");
     b.request(
         "GET",
-        &env.url("/console/api/account/profile"),
+        &format!("{origin}/console/api/account/profile"),
         None,
         Some(&from),
         &[("x-csrf-token", &csrf), ("accept", "application/json")],
@@ -262,16 +259,24 @@ async fn https_cookies_get_the_host_prefix_and_secure_as_dify_sets_them() {
         ..Default::default()
     })
     .await;
+    // The browser reaches the gateway as https://dify.example.com, behind a TLS-terminating proxy.
     let mut b = env.browser();
-    // Behind a TLS-terminating proxy.
-    b.extra_header(&env.gw.listen.to_string(), "x-forwarded-proto", "https");
-    let first = b.get(&env.url("/signin?redirect_url=/apps/tls")).await;
-    let state = first.set_cookie("dg_sso_state").unwrap();
+    b.map("dify.example.com:443", env.gw.listen);
+    b.extra_header("dify.example.com:443", "x-forwarded-proto", "https");
+    let first = b
+        .get("https://dify.example.com/signin?redirect_url=/apps/tls")
+        .await;
+    // The gateway's own cookies get `__Host-` too, so a sibling subdomain cannot plant them.
+    for c in first.set_cookies() {
+        assert!(c.starts_with("__Host-dg_sso_"), "{c}");
+    }
+    let state = first.set_cookie("__Host-dg_sso_state").unwrap();
     assert_eq!(state.same_site(), Some(cookie::SameSite::None));
     assert_eq!(state.secure(), Some(true));
+    assert_eq!(state.path(), Some("/"));
     let callback_url = first.location().unwrap().to_string();
     assert!(
-        callback_url.contains("ret=https%3A%2F%2F"),
+        callback_url.contains("ret=https%3A%2F%2Fdify.example.com%2Fqsso_backcall"),
         "{callback_url}"
     );
     let sso_page = b.follow(first, 2).await;
@@ -286,7 +291,12 @@ async fn https_cookies_get_the_host_prefix_and_secure_as_dify_sets_them() {
     let landing = b.follow(cb, 5).await;
     assert_eq!(path_of(&landing.url), "/apps/tls");
     assert_signed_in(&landing, "Alice Example");
-    assert_eq!(profile(&env, &mut b, "__Host-csrf_token").await.status, 200);
+    assert_eq!(
+        profile_at(&mut b, "https://dify.example.com", "__Host-csrf_token")
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -297,11 +307,16 @@ async fn cookie_domain_drops_the_prefix_and_sets_domain() {
     dify.cookie_domain = ".example.com".into();
     let env = SsoEnv::start(SsoSetup {
         dify,
+        trusted_proxies: vec!["127.0.0.1/32".into()],
         ..Default::default()
     })
     .await;
     let mut b = env.browser();
-    let sso_page = env.to_sso_page(&mut b, &env.url("/signin")).await;
+    b.map("dify.example.com:443", env.gw.listen);
+    b.extra_header("dify.example.com:443", "x-forwarded-proto", "https");
+    let sso_page = env
+        .to_sso_page(&mut b, "https://dify.example.com/signin")
+        .await;
     let cb = b.submit(&sso_page, "signin-alice").await;
     let c = cb
         .set_cookie("access_token")

@@ -5,6 +5,7 @@
 pub mod cookies;
 pub mod provisioning;
 pub mod redirect;
+pub mod redis_conn;
 pub mod refresh_tokens;
 pub mod session;
 pub mod store;
@@ -84,6 +85,11 @@ impl DifyConfig {
             .as_deref()
             .filter(|h| !h.trim().is_empty())
             .unwrap_or(DEFAULT_HOME)
+    }
+
+    /// A Redis key as Dify names it (placeholder until the key prefix lands).
+    pub fn redis_key(&self, key: &str) -> String {
+        key.to_string()
     }
 
     /// The key, when one is configured (an empty string means none).

@@ -70,7 +70,9 @@ pub fn after_upstream(
 ) -> pingora::Result<()> {
     if let Some(flow) = &ctx.snap.sso {
         let method = &session.req_header().method;
-        for (name, value) in flow.on_upstream_response(method, &ctx.path, response.status.as_u16())
+        let https = ctx.client.as_ref().is_some_and(|c| c.scheme == "https");
+        for (name, value) in
+            flow.on_upstream_response(method, &ctx.path, response.status.as_u16(), https)
         {
             response.append_header(name, value)?;
         }

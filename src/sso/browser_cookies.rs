@@ -1,6 +1,6 @@
 //! The gateway's own cookies in the browser, apart from Dify's session:
 //! - state: return target and flow trace id, from `/signin` to `/sso/continue` (signed, 10 min);
-//! - carry: what the callback hands to `/sso/continue` (signed, 2 min, only sent to that path);
+//! - carry: what the callback hands to `/sso/continue` (signed, 2 min, cleared there);
 //! - loop counter: SSO redirects in the current 60 s window (the loop breaker);
 //! - signed-out mark: set after a Dify logout so `/signin` does not log straight back in.
 
@@ -97,7 +97,11 @@ pub fn read(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
-/// How the gateway's cookies are written for this request.
+/// The gateway's cookies for one request's scheme. Over HTTPS every name gets the `__Host-`
+/// prefix (so a sibling subdomain cannot plant one: browsers accept such a cookie only from this
+/// host, `Secure`, `Path=/`, without `Domain`), and only the prefixed name is read back; the one
+/// cookie scoped to a narrower path ([`ID_TOKEN`]) gets `__Secure-` instead. Plain HTTP keeps the
+/// bare names, which is all browsers allow there.
 #[derive(Debug, Clone, Copy)]
 pub struct CookieWriter {
     pub https: bool,
@@ -109,26 +113,61 @@ pub enum Site {
     Lax,
     /// `SameSite=None; Secure` over https, so the state is also present on a callback form POSTed
     /// from the SSO's site (browsers refuse `None` without `Secure`, so plain http falls back to
-    /// Lax and the continue step picks the state up).
+    /// Lax and the callback relies on the SSO's origin instead: see `callback.rs`).
     CrossSite,
 }
 
 impl CookieWriter {
-    pub fn set(&self, name: &str, value: &str, path: &str, ttl: Duration, site: Site) -> String {
+    /// The name cookie `base` has on this scheme, for a cookie of path `path`.
+    pub fn name(&self, base: &str, path: &str) -> String {
+        match (self.https, path) {
+            (false, _) => base.to_string(),
+            (true, "/") => format!("__Host-{base}"),
+            (true, _) => format!("__Secure-{base}"),
+        }
+    }
+
+    /// The request's value of the gateway's cookie `base` (path `/`) on this scheme.
+    pub fn read(&self, headers: &HeaderMap, base: &str) -> Option<String> {
+        read(headers, &self.name(base, "/"))
+    }
+
+    /// As [`CookieWriter::read`], for a cookie scoped to `path`.
+    pub fn read_scoped(&self, headers: &HeaderMap, base: &str, path: &str) -> Option<String> {
+        read(headers, &self.name(base, path))
+    }
+
+    /// The per-flow cookies of redirect protocols on this scheme: (base name, value).
+    pub fn flow_cookies(&self, headers: &HeaderMap) -> Vec<(String, String)> {
+        let prefix = self.name(FLOW_PREFIX, "/");
+        request_cookies(headers)
+            .filter_map(|(k, v)| {
+                k.strip_prefix(prefix.as_str())
+                    .map(|rest| (format!("{FLOW_PREFIX}{rest}"), v))
+            })
+            .collect()
+    }
+
+    /// `Set-Cookie` for the gateway's cookie `base` (given unprefixed).
+    pub fn set(&self, base: &str, value: &str, path: &str, ttl: Duration, site: Site) -> String {
         let same_site = match site {
             Site::CrossSite if self.https => "None",
             _ => "Lax",
         };
         let secure = if self.https { "; Secure" } else { "" };
         format!(
-            "{name}={value}; Path={path}; Max-Age={}; HttpOnly; SameSite={same_site}{secure}",
+            "{}={value}; Path={path}; Max-Age={}; HttpOnly; SameSite={same_site}{secure}",
+            self.name(base, path),
             ttl.as_secs()
         )
     }
 
-    pub fn clear(&self, name: &str, path: &str) -> String {
+    pub fn clear(&self, base: &str, path: &str) -> String {
         let secure = if self.https { "; Secure" } else { "" };
-        format!("{name}=; Path={path}; Max-Age=0; HttpOnly; SameSite=Lax{secure}")
+        format!(
+            "{}=; Path={path}; Max-Age=0; HttpOnly; SameSite=Lax{secure}",
+            self.name(base, path)
+        )
     }
 }
 
@@ -174,66 +213,5 @@ impl LoopCount {
             format!("{}.{}", self.count + 1, self.since),
             Duration::from_secs(left),
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_a_cookie_among_many_headers() {
-        let mut h = HeaderMap::new();
-        h.append(
-            http::header::COOKIE,
-            "a=1; dg_sso_state=xyz.abc".parse().unwrap(),
-        );
-        h.append(http::header::COOKIE, "dg_sso_loop=2.100".parse().unwrap());
-        assert_eq!(read(&h, STATE).as_deref(), Some("xyz.abc"));
-        assert_eq!(read(&h, LOOP).as_deref(), Some("2.100"));
-        assert_eq!(read(&h, CARRY), None);
-    }
-
-    #[test]
-    fn cookie_attributes_follow_scheme() {
-        let https = CookieWriter { https: true };
-        let s = https.set(STATE, "v", "/", STATE_TTL, Site::CrossSite);
-        assert_eq!(
-            s,
-            "dg_sso_state=v; Path=/; Max-Age=600; HttpOnly; SameSite=None; Secure"
-        );
-        let http = CookieWriter { https: false };
-        assert_eq!(
-            http.set(STATE, "v", "/", STATE_TTL, Site::CrossSite),
-            "dg_sso_state=v; Path=/; Max-Age=600; HttpOnly; SameSite=Lax"
-        );
-        assert_eq!(
-            http.clear(LOOP, "/"),
-            "dg_sso_loop=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
-        );
-    }
-
-    #[test]
-    fn loop_count_window() {
-        let now = 1_000_000;
-        assert_eq!(
-            LoopCount::parse(None, now),
-            LoopCount {
-                count: 0,
-                since: now
-            }
-        );
-        let l = LoopCount::parse(Some("2.999990"), now);
-        assert_eq!(l.count, 2);
-        assert!(!l.exhausted());
-        assert_eq!(
-            l.bumped(now),
-            ("3.999990".to_string(), Duration::from_secs(50))
-        );
-        assert!(LoopCount::parse(Some("3.999990"), now).exhausted());
-        // An old window starts over; garbage and future stamps too.
-        assert_eq!(LoopCount::parse(Some("3.999900"), now).count, 0);
-        assert_eq!(LoopCount::parse(Some("x.y"), now).count, 0);
-        assert_eq!(LoopCount::parse(Some("3.2000000"), now).count, 0);
     }
 }

@@ -19,9 +19,9 @@ use super::browser_cookies::{self as bc, Carry, CookieWriter, FlowState, Redirec
 use super::failure::SsoFailure;
 use super::flow::SsoFlow;
 use super::minter::MintContext;
-use super::pages;
 use super::protocol::{CallbackInput, FlowSecrets, SignInOutcome};
 use super::request::{BodyError, RequestBody, SsoRequest, SsoResponse};
+use super::{origins, pages};
 use crate::dify::session::Handover;
 use http::{Method, header};
 
@@ -46,8 +46,12 @@ impl SsoFlow {
         if !is_post && *req.method != Method::GET {
             return pages::method_not_allowed("GET, POST");
         }
-        let state: Option<FlowState> =
-            bc::read(req.headers, bc::STATE).and_then(|v| self.signer.open("state", &v));
+        let writer = CookieWriter {
+            https: req.is_https(),
+        };
+        let state: Option<FlowState> = writer
+            .read(req.headers, bc::STATE)
+            .and_then(|v| self.signer.open("state", &v));
         let flow_id = state
             .as_ref()
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), |s| s.flow.clone());
@@ -77,8 +81,14 @@ impl SsoFlow {
             }
         }
         params.extend(req.query_pairs());
-        let callback_url = format!("{}{}", req.origin(), self.callback_path);
+        let callback_url = format!("{}{}", self.public_origin(req), self.callback_path);
         if !self.protocol.redirect_flow() {
+            if let Err(refused) = self
+                .check_unbound_callback(req, state.as_ref(), &flow_id)
+                .await
+            {
+                return self.failure(req, &refused, &flow_id);
+            }
             let input = CallbackInput {
                 params: &params,
                 state: state.as_ref(),
@@ -91,9 +101,6 @@ impl SsoFlow {
         // Redirect protocols: `state` must match this browser's per-flow cookie before the
         // protocol sees the callback (so a code or ticket is never redeemed for a forged flow),
         // and the cookie is cleared whatever happens next (single use).
-        let writer = CookieWriter {
-            https: req.is_https(),
-        };
         let state_param = params
             .iter()
             .find(|(k, _)| k == "state")
@@ -103,7 +110,8 @@ impl SsoFlow {
             log::warn!(trace_id = req.trace_id, flow_id = flow_id.as_str(); "callback without a state of ours");
             return self.failure(req, &SsoFailure::BadState, &flow_id);
         };
-        let record = bc::read(req.headers, &cookie_name)
+        let record = writer
+            .read(req.headers, &cookie_name)
             .and_then(|v| self.signer.open::<RedirectFlow>("flow", &v))
             .filter(|r| r.state == state_param);
         let clear = writer.clear(&cookie_name, "/");
@@ -114,11 +122,15 @@ impl SsoFlow {
                 .set_cookie(&clear);
         };
         let flow_id = record.flow.clone();
-        if !self.consume_state(&record.state) {
-            log::warn!(trace_id = req.trace_id, flow_id = flow_id.as_str(); "callback replayed a used state");
-            return self
-                .failure(req, &SsoFailure::BadState, &flow_id)
-                .set_cookie(&clear);
+        match self.consume_state(&record.state).await {
+            Ok(true) => {}
+            Ok(false) => {
+                log::warn!(trace_id = req.trace_id, flow_id = flow_id.as_str(); "callback replayed a used state");
+                return self
+                    .failure(req, &SsoFailure::BadState, &flow_id)
+                    .set_cookie(&clear);
+            }
+            Err(f) => return self.failure(req, &f, &flow_id).set_cookie(&clear),
         }
         let secrets = FlowSecrets {
             pkce_verifier: self.pkce_verifier(&record.state, &record.nonce),
@@ -222,21 +234,61 @@ impl SsoFlow {
         for c in set_cookies {
             resp = resp.set_cookie(&c);
         }
-        resp.set_cookie(&writer.set(
-            bc::CARRY,
-            &sealed,
-            bc::CONTINUE_PATH,
-            bc::CARRY_TTL,
-            Site::Lax,
-        ))
-        .set_cookie(&writer.clear(bc::LOOP, "/"))
+        resp.set_cookie(&writer.set(bc::CARRY, &sealed, "/", bc::CARRY_TTL, Site::Lax))
+            .set_cookie(&writer.clear(bc::LOOP, "/"))
+    }
+
+    /// Login CSRF: a page on any site can post its owner's own SSO token to the callback and so
+    /// sign the visitor in as someone else. A callback of a protocol without a per-flow `state`
+    /// (token exchange) is taken when it is tied to a sign-in this browser started (the state
+    /// cookie, which over HTTPS comes back even on the SSO's cross-site POST), or, where the cookie
+    /// cannot come (a cross-site POST over plain HTTP, which drops `SameSite=Lax` cookies) or was
+    /// never set (IdP-initiated sign-in, opted in with `sso.idp_initiated`), when the browser says
+    /// it comes from the SSO's own origin. A callback a foreign site sent is refused either way;
+    /// a state is redeemed once.
+    async fn check_unbound_callback(
+        &self,
+        req: &SsoRequest<'_>,
+        state: Option<&FlowState>,
+        flow_id: &str,
+    ) -> Result<(), SsoFailure> {
+        let from = origins::initiator(req, &self.callback_origins);
+        let refuse = |why: &str| {
+            log::warn!(trace_id = req.trace_id, flow_id = flow_id, initiator = format!("{from:?}").as_str();
+                "callback refused: {why}");
+            Err(SsoFailure::UntrustedCallback)
+        };
+        if from == origins::Initiator::Foreign {
+            return refuse("it was sent from an origin that is not the SSO's");
+        }
+        match state {
+            Some(s) => {
+                if !self.consume_state(&s.nonce).await? {
+                    return refuse("its sign-in state was used already");
+                }
+                Ok(())
+            }
+            None if from != origins::Initiator::Sso => refuse(
+                "no sign-in was started in this browser and it does not show the SSO's origin",
+            ),
+            // Over plain HTTP the browser withholds the state cookie from the SSO's POST, so an
+            // SP-initiated sign-in looks like this; elsewhere only an IdP-initiated one does.
+            None if !req.is_https() && *req.method == Method::POST => Ok(()),
+            None if self.idp_initiated => Ok(()),
+            None => refuse("no sign-in was started in this browser (IdP-initiated sign-in is off)"),
+        }
     }
 
     pub(super) fn continue_after_callback(&self, req: &SsoRequest<'_>) -> SsoResponse {
-        let state: Option<FlowState> =
-            bc::read(req.headers, bc::STATE).and_then(|v| self.signer.open("state", &v));
-        let carry: Option<Carry> =
-            bc::read(req.headers, bc::CARRY).and_then(|v| self.signer.open("carry", &v));
+        let writer = CookieWriter {
+            https: req.is_https(),
+        };
+        let state: Option<FlowState> = writer
+            .read(req.headers, bc::STATE)
+            .and_then(|v| self.signer.open("state", &v));
+        let carry: Option<Carry> = writer
+            .read(req.headers, bc::CARRY)
+            .and_then(|v| self.signer.open("carry", &v));
         // Re-check the target: the state was validated when sealed, but the rules may have changed.
         let landing = carry
             .as_ref()
@@ -259,12 +311,9 @@ impl SsoFlow {
             ),
             None => landing,
         };
-        let writer = CookieWriter {
-            https: req.is_https(),
-        };
         SsoResponse::redirect(302, &location)
             .set_cookie(&writer.clear(bc::STATE, "/"))
-            .set_cookie(&writer.clear(bc::CARRY, bc::CONTINUE_PATH))
+            .set_cookie(&writer.clear(bc::CARRY, "/"))
             .set_cookie(&writer.clear(bc::LOOP, "/"))
     }
 }

@@ -85,6 +85,18 @@ pub struct SsoConfig {
     pub support_contact: String,
     /// Signs the gateway's state cookies; replicas must share it. Random per process if empty.
     pub state_secret: Secret,
+    /// Origins the gateway is reached at besides `dify.console_web_url` and an absolute
+    /// `dify.home`; the callback URL is built from the request's `Host` only when it is one.
+    #[serde(deserialize_with = "units::de_string_list")]
+    pub public_origins: Vec<String>,
+    /// Origins the SSO sends the browser back from; empty = the origin of `sso.login_url`.
+    #[serde(deserialize_with = "units::de_string_list")]
+    pub callback_origins: Vec<String>,
+    /// Accept a callback that no `/signin` of this browser started (sign-in begun at the SSO's
+    /// portal), when it comes from one of `callback_origins`.
+    pub idp_initiated: bool,
+    /// Where used sign-in states are kept (single use across replicas needs `redis`).
+    pub store: StoreKind,
     pub oidc: OidcConfig,
     pub oauth2: OAuth2Config,
     pub cas: CasConfig,
@@ -92,6 +104,17 @@ pub struct SsoConfig {
     pub minter: MinterKind,
     /// `minter: builtin`: how accounts are created and joined to a workspace.
     pub provisioning: crate::dify::provisioning::ProvisioningConfig,
+}
+
+/// `sso.store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// `redis` when `dify.redis_url` is set, else `memory`.
+    #[default]
+    Auto,
+    Memory,
+    Redis,
 }
 
 fn yes() -> bool {
@@ -115,6 +138,10 @@ impl Default for SsoConfig {
             enforce: false,
             support_contact: String::new(),
             state_secret: Secret::default(),
+            public_origins: Vec::new(),
+            callback_origins: Vec::new(),
+            idp_initiated: false,
+            store: StoreKind::Auto,
             oidc: OidcConfig::default(),
             oauth2: OAuth2Config::default(),
             cas: CasConfig::default(),
@@ -123,6 +150,20 @@ impl Default for SsoConfig {
             provisioning: Default::default(),
         }
     }
+}
+
+/// `scheme://host[:port]` and nothing more.
+fn is_bare_origin(o: &str) -> bool {
+    url::Url::parse(o).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host_str().is_some()
+            && u.username().is_empty()
+            && u.password().is_none()
+            && u.path() == "/"
+            && u.query().is_none()
+            && u.fragment().is_none()
+            && !o.ends_with("//")
+    })
 }
 
 fn non_empty(env: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
@@ -278,6 +319,38 @@ impl SsoConfig {
                 );
             }
         }
+        for (key, list) in [
+            ("sso.public_origins", &self.public_origins),
+            ("sso.callback_origins", &self.callback_origins),
+        ] {
+            for (i, o) in list.iter().enumerate() {
+                if !is_bare_origin(o) {
+                    bad(
+                        &format!("{key}[{i}]"),
+                        format!(
+                            "expected an origin such as https://dify.example.com (scheme, host, optional port, no path), got {o:?}"
+                        ),
+                    );
+                }
+            }
+        }
+        if self.idp_initiated && self.protocol != Protocol::TokenExchange {
+            bad(
+                "sso.idp_initiated",
+                format!(
+                    "sso.protocol {} always starts at /signin (its callback must carry the state the gateway issued); \
+                     IdP-initiated sign-in is for token_exchange",
+                    self.protocol.name()
+                ),
+            );
+        }
+        if self.store == StoreKind::Redis && dify.redis_url.is_empty() {
+            bad(
+                "sso.store",
+                "redis keeps used sign-in states in Dify's Redis: expected dify.redis_url too"
+                    .into(),
+            );
+        }
         if !self.state_secret.is_empty() && self.state_secret.expose().len() < 16 {
             bad(
                 "sso.state_secret",
@@ -292,6 +365,27 @@ impl SsoConfig {
                  (or set dify.session_delivery: query for Dify <= 1.9.1)"
                     .into(),
             );
+        }
+    }
+
+    /// The SSO's origins a callback may come from (see `origins.rs`).
+    pub fn effective_callback_origins(&self) -> Vec<String> {
+        if !self.callback_origins.is_empty() {
+            return self.callback_origins.clone();
+        }
+        let login = self
+            .login_url
+            .replace("{callback_url}", "x")
+            .replace("{state}", "x");
+        super::origins::origin_of(&login).into_iter().collect()
+    }
+
+    /// Whether used states go to Redis.
+    pub fn store_in_redis(&self, dify: &DifyConfig) -> bool {
+        match self.store {
+            StoreKind::Redis => true,
+            StoreKind::Memory => false,
+            StoreKind::Auto => !dify.redis_url.is_empty(),
         }
     }
 

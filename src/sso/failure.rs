@@ -29,6 +29,15 @@ pub enum SsoFailure {
         "This sign-in could not be matched to one started in this browser: it expired, was used already, or was started elsewhere."
     )]
     BadState,
+    #[error(
+        "This sign-in did not come from the company's sign-in page through a sign-in started in this browser, so it was refused. Start again with the sign-in link."
+    )]
+    UntrustedCallback,
+    /// The shared store of used sign-in states (`sso.store: redis`) could not be asked.
+    #[error(
+        "The sign-in could not be checked right now ({0}). Nothing was changed; try again in a moment."
+    )]
+    StoreUnavailable(String),
     #[error("The sign-in server refused the sign-in: {0}")]
     ProviderRefused(String),
     #[error("The sign-in server could not be reached.")]
@@ -56,7 +65,8 @@ impl SsoFailure {
             SsoFailure::ExchangeRefused(_) => 401,
             SsoFailure::RedirectLoop => 429,
             SsoFailure::NotAvailable(_) => 501,
-            SsoFailure::BadState => 400,
+            SsoFailure::BadState | SsoFailure::UntrustedCallback => 400,
+            SsoFailure::StoreUnavailable(_) => 503,
             SsoFailure::ProviderRefused(_) | SsoFailure::InvalidIdentity(_) => 401,
             SsoFailure::ProviderUnreachable | SsoFailure::ProviderFailed(_) => 502,
             SsoFailure::NotAllowed(_) => 403,
@@ -77,6 +87,8 @@ impl SsoFailure {
             SsoFailure::RedirectLoop => "sso_redirect_loop",
             SsoFailure::NotAvailable(_) => "sso_not_available",
             SsoFailure::BadState => "sso_bad_state",
+            SsoFailure::UntrustedCallback => "sso_untrusted_callback",
+            SsoFailure::StoreUnavailable(_) => "sso_store_unavailable",
             SsoFailure::ProviderRefused(_) => "sso_provider_refused",
             SsoFailure::ProviderUnreachable => "sso_provider_unreachable",
             SsoFailure::ProviderFailed(_) => "sso_provider_failed",

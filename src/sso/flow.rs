@@ -6,17 +6,17 @@ use super::browser_cookies::{self as bc, CookieWriter, FlowState, LoopCount, Red
 use super::config::{AllowConfig, SsoConfig};
 use super::failure::SsoFailure;
 use super::minter::Minter;
+use super::origins::{PublicOrigins, RequestOrigin};
 use super::protocol::{LoginStart, SignInProtocol};
 use super::request::{RequestBody, SsoRequest, SsoResponse};
 use super::return_target::safe_return_target;
 use super::signer::{Signer, now_secs, random_hex};
+use super::used_states::{MemoryStates, RedisStates, UsedStates};
 use super::{enforce, pages, providers};
 use crate::dify::session::SessionHandoff;
 use crate::dify::{DifyConfig, SessionDelivery};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
-use std::collections::HashMap;
-use std::sync::Mutex;
 
 pub const SIGNIN_PATH: &str = "/signin";
 
@@ -30,6 +30,8 @@ enum FlowPath {
     SignedOut,
 }
 pub const LOGOUT_PATH: &str = "/console/api/logout";
+/// The gateway's namespace in Dify's Redis for used sign-in states (after Dify's key prefix).
+pub const USED_STATE_KEY: &str = "dify_gateway:sso_state:";
 
 /// Built once per configuration snapshot; share it in an `Arc`.
 pub struct SsoFlow {
@@ -47,9 +49,14 @@ pub struct SsoFlow {
     /// Identity protocols: `sso.allow` and the minter (None for token exchange).
     pub(super) allow: AllowConfig,
     pub(super) minter: Option<Box<dyn Minter>>,
-    /// States already used by a callback in this process, with their expiry: single use even if
-    /// a browser (or someone who copied its cookie) replays the callback.
-    pub(super) used_states: Mutex<HashMap<String, u64>>,
+    /// States already used by a callback: single use even if a browser (or someone who copied
+    /// its cookie) replays the callback.
+    pub(super) used_states: Box<dyn UsedStates>,
+    /// Where callback URLs point (never a client's `Host` unless it is one of these).
+    pub(super) origins: PublicOrigins,
+    /// The SSO's origins, for callbacks without this browser's flow state.
+    pub(super) callback_origins: Vec<String>,
+    pub(super) idp_initiated: bool,
 }
 
 /// PKCE S256: base64url(SHA-256(verifier)).
@@ -84,6 +91,27 @@ impl SsoFlow {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let callback_path = sso.effective_callback_path().trim_end_matches('/');
+        let origins = PublicOrigins::new(
+            [dify.console_web_url.clone(), dify.home().to_string()]
+                .into_iter()
+                .chain(sso.public_origins.iter().cloned()),
+        );
+        if sso.enabled && origins.is_empty() {
+            log::warn!(
+                "no public origin is configured (dify.console_web_url, an absolute dify.home or sso.public_origins): \
+                 the SSO callback URL is built from each request's Host header"
+            );
+        }
+        let used_states: Box<dyn UsedStates> = if sso.store_in_redis(dify) {
+            let client = crate::dify::refresh_tokens::client(
+                dify.redis_url.expose(),
+                Some(dify.redis_password.expose()),
+            )
+            .map_err(|e| format!("dify.redis_url: {e}"))?;
+            Box::new(RedisStates::new(client, dify.redis_key(USED_STATE_KEY)))
+        } else {
+            Box::new(MemoryStates::default())
+        };
         Ok(SsoFlow {
             enabled: sso.enabled,
             protocol: providers::build(sso)?,
@@ -101,7 +129,10 @@ impl SsoFlow {
             support_contact: sso.support_contact.clone(),
             allow: sso.allow.clone(),
             minter: super::minter::build(sso, dify)?,
-            used_states: Mutex::new(HashMap::new()),
+            used_states,
+            origins,
+            callback_origins: sso.effective_callback_origins(),
+            idp_initiated: sso.idp_initiated,
         })
     }
 
@@ -111,7 +142,7 @@ impl SsoFlow {
         if !self.enabled {
             return None;
         }
-        if self.enforce && enforce::is_closed(path) {
+        if self.enforce && enforce::may_close(path) {
             return Some(FlowPath::ClosedWayIn);
         }
         if path == SIGNIN_PATH || path == "/signin/" {
@@ -144,7 +175,7 @@ impl SsoFlow {
         let get = matches!(*req.method, Method::GET | Method::HEAD);
         match which {
             FlowPath::ClosedWayIn => {
-                if bypassed || *req.method == Method::OPTIONS {
+                if bypassed || !enforce::is_closed(req.method, req.path) {
                     return None;
                 }
                 log::info!(trace_id = req.trace_id, path = req.path; "sso.enforce: refused a non-SSO way in");
@@ -180,19 +211,14 @@ impl SsoFlow {
         method: &Method,
         path: &str,
         status: u16,
+        https: bool,
     ) -> Vec<(HeaderName, HeaderValue)> {
         let is_logout = path.trim_end_matches('/') == LOGOUT_PATH;
         if !self.enabled || *method != Method::POST || !is_logout || status != 200 {
             return Vec::new();
         }
-        // No scheme here, so no `Secure`: the mark only ever withholds an automatic sign-in.
-        let mark = CookieWriter { https: false }.set(
-            bc::SIGNED_OUT,
-            "1",
-            "/",
-            bc::SIGNED_OUT_TTL,
-            Site::Lax,
-        );
+        let mark =
+            CookieWriter { https }.set(bc::SIGNED_OUT, "1", "/", bc::SIGNED_OUT_TTL, Site::Lax);
         vec![(
             http::header::SET_COOKIE,
             HeaderValue::from_str(&mark).expect("ASCII cookie"),
@@ -219,27 +245,36 @@ impl SsoFlow {
         [SIGNIN_PATH, &self.callback_path]
     }
 
-    /// Marks a redirect protocol's `state` used; false when it was used before.
-    pub(super) fn consume_state(&self, state: &str) -> bool {
-        let now = now_secs();
-        let mut used = self.used_states.lock().unwrap_or_else(|e| e.into_inner());
-        if used.len() > 1024 {
-            used.retain(|_, exp| *exp > now);
+    /// Marks a `state` used; false when it was used before.
+    pub(super) async fn consume_state(&self, state: &str) -> Result<bool, SsoFailure> {
+        self.used_states
+            .consume(state, bc::STATE_TTL)
+            .await
+            .map_err(SsoFailure::StoreUnavailable)
+    }
+
+    /// The origin this request's callback and signed-out URLs are built from.
+    pub(super) fn public_origin(&self, req: &SsoRequest<'_>) -> String {
+        match self.origins.for_request(req) {
+            RequestOrigin::Ours(o) => o,
+            RequestOrigin::Elsewhere { canonical, asked } => {
+                log::warn!(trace_id = req.trace_id, asked = asked.as_str();
+                    "the request's Host is not a configured public origin: callback URL built from {canonical} instead");
+                canonical
+            }
         }
-        if used.get(state).is_some_and(|exp| *exp > now) {
-            return false;
-        }
-        used.insert(state.to_string(), now + bc::STATE_TTL.as_secs());
-        true
     }
 
     async fn start_sign_in(&self, req: &SsoRequest<'_>) -> SsoResponse {
         let writer = CookieWriter {
             https: req.is_https(),
         };
-        if bc::read(req.headers, bc::SIGNED_OUT).is_some() {
-            let hint = bc::read(req.headers, bc::ID_TOKEN).filter(|h| !h.is_empty());
-            let after = format!("{}{}", req.origin(), bc::SIGNED_OUT_PATH);
+        let origin = self.public_origin(req);
+        if writer.read(req.headers, bc::SIGNED_OUT).is_some() {
+            let hint = writer
+                .read_scoped(req.headers, bc::ID_TOKEN, SIGNIN_PATH)
+                .filter(|h| !h.is_empty());
+            let after = format!("{origin}{}", bc::SIGNED_OUT_PATH);
             let provider_logout = match &self.logout_url {
                 Some(_) => None,
                 None => self.protocol.logout_redirect(hint.as_deref(), &after).await,
@@ -258,13 +293,12 @@ impl SsoFlow {
             return resp;
         }
         let now = now_secs();
-        let count = LoopCount::parse(bc::read(req.headers, bc::LOOP).as_deref(), now);
+        let count = LoopCount::parse(writer.read(req.headers, bc::LOOP).as_deref(), now);
         if count.exhausted() {
             return self.failure(req, &SsoFailure::RedirectLoop, req.trace_id);
         }
         let asked = req.query_param("redirect_url").filter(|r| !r.is_empty());
         // A same-origin absolute URL is taken as its path; every other absolute URL is refused.
-        let origin = req.origin();
         let ret = asked
             .as_deref()
             .map(|r| match r.strip_prefix(origin.as_str()) {
@@ -280,7 +314,7 @@ impl SsoFlow {
             ret,
             nonce: random_hex(16),
         };
-        let callback_url = format!("{}{}", req.origin(), self.callback_path);
+        let callback_url = format!("{origin}{}", self.callback_path);
         let redirect_flow = self.protocol.redirect_flow();
         let (nonce, verifier) = if redirect_flow {
             let nonce = random_hex(16);
@@ -314,7 +348,8 @@ impl SsoFlow {
         let mut resp = SsoResponse::redirect(302, &location);
         if redirect_flow {
             // One cookie per flow (tabs sign in side by side), the oldest dropped past the cap.
-            let mut open: Vec<(String, Option<RedirectFlow>)> = bc::flow_cookies(req.headers)
+            let mut open: Vec<(String, Option<RedirectFlow>)> = writer
+                .flow_cookies(req.headers)
                 .into_iter()
                 .map(|(n, v)| {
                     let f = self.signer.open::<RedirectFlow>("flow", &v);

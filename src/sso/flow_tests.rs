@@ -178,14 +178,14 @@ async fn logout_sticks_until_sign_in_again() {
     )
     .unwrap();
     assert!(
-        flow.on_upstream_response(&Method::POST, "/console/api/logout", 401)
+        flow.on_upstream_response(&Method::POST, "/console/api/logout", 401, false)
             .is_empty()
     );
     assert!(
-        flow.on_upstream_response(&Method::GET, "/console/api/logout", 200)
+        flow.on_upstream_response(&Method::GET, "/console/api/logout", 200, false)
             .is_empty()
     );
-    let mark = flow.on_upstream_response(&Method::POST, "/console/api/logout", 200);
+    let mark = flow.on_upstream_response(&Method::POST, "/console/api/logout", 200, false);
     assert_eq!(mark.len(), 1);
     let mut b = Browser::new();
     let r = SsoResponse {

@@ -14,12 +14,14 @@ mod enforce;
 pub mod failure;
 mod flow;
 pub mod minter;
+mod origins;
 mod pages;
 pub mod protocol;
 pub mod providers;
 mod request;
 pub mod return_target;
 mod signer;
+pub mod used_states;
 
 pub use crate::secret::{Secret, mask};
 /// The request-cookie readers, public for the fuzz targets in `fuzz/`.
@@ -30,6 +32,8 @@ pub use failure::SsoFailure;
 pub use flow::SsoFlow;
 pub use request::{BodyError, BufferedBody, RequestBody, SsoRequest, SsoResponse};
 
+#[cfg(test)]
+mod browser_cookies_tests;
 #[cfg(test)]
 mod cas_oauth2_tests;
 #[cfg(test)]

@@ -420,7 +420,8 @@ async fn oidc_logout_ends_the_provider_session_with_id_token_hint() {
     let mut b = Browser::new();
     assert_eq!(sign_in(&mut b, &flow, &idp).await.status, 303);
     let hint = b.jar["dg_sso_idt"].clone();
-    for (name, value) in flow.on_upstream_response(&Method::POST, "/console/api/logout", 200) {
+    for (name, value) in flow.on_upstream_response(&Method::POST, "/console/api/logout", 200, false)
+    {
         let v = value.to_str().unwrap();
         let (n, rest) = v.split_once('=').unwrap();
         assert_eq!(name, http::header::SET_COOKIE);

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 pub const KEY: &str = "dify-secret-key-for-tests-0123456789";
 pub const USER: &str = "5c1e1f0a-7d2b-4c4e-9a55-3f0d5e6b7a80";
+/// The origin of [`sso`]'s login page.
+pub const SSO_ORIGIN: &str = "https://sso.example.com";
 pub const ODD: &str = "a&b=c%d+e f/ü?#";
 
 pub fn sso(exchange_url: &str) -> SsoConfig {
@@ -98,6 +100,10 @@ impl Browser {
                 header::COOKIE,
                 HeaderValue::from_str(&cookie.join("; ")).unwrap(),
             );
+        }
+        // A browser names the page that posted a form: here the SSO's login page.
+        if method == Method::POST && !with_cookies {
+            headers.insert(header::ORIGIN, HeaderValue::from_static(SSO_ORIGIN));
         }
         if form.is_some() {
             headers.insert(

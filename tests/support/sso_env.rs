@@ -247,3 +247,14 @@ pub fn assert_error_page(p: &Page, status: u16, reason: &str) -> String {
     );
     trace
 }
+
+/// The mock Dify's page for a signed-in user.
+pub fn assert_signed_in(p: &Page, name: &str) {
+    assert_eq!(p.status, 200, "{} -> {}: {}", p.url, p.status, p.body);
+    assert!(
+        p.body.contains(&format!("Signed in as {name}")),
+        "landing page {} is not signed in as {name}: {}",
+        p.url,
+        p.body
+    );
+}
