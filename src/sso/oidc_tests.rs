@@ -1241,3 +1241,43 @@ async fn oidc_discovery_endpoints_that_are_not_http_are_not_used() {
     assert_eq!(a.token_calls, 1);
     assert_ne!(a.code, "sso_provider_failed", "{}", a.message);
 }
+
+#[tokio::test]
+async fn oidc_discovery_must_name_the_configured_issuer_with_http_endpoints() {
+    // OIDC Discovery §4.3: the document's issuer is the configured one, exactly; the endpoints
+    // the flow cannot do without are http(s). Either way /signin shows the failure.
+    for edit in [
+        json!({"issuer": "https://evil.example.com"}),
+        json!({"token_endpoint": "javascript:alert(1)"}),
+        json!({"authorization_endpoint": "data:text/html,x"}),
+        json!({"jwks_uri": "file:///etc/passwd"}),
+        json!({"jwks_uri": null}),
+    ] {
+        let (idp, _) = start_idp().await;
+        idp.with(|s| s.discovery = obj(edit.clone()));
+        let flow = flow_for(&identity_sso(&idp, Protocol::Oidc));
+        let mut b = Browser::new();
+        b.accept = "application/json";
+        let r = b.get(&flow, "/signin").await;
+        assert_eq!(
+            (r.status, code_of(&r)),
+            (502, "sso_provider_failed".into()),
+            "{edit}"
+        );
+        assert!(
+            !r.headers.iter().any(|(n, _)| n == http::header::LOCATION),
+            "{edit}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn oidc_callback_without_a_code_is_refused() {
+    let a = attempt(no_edit, no_edit, |cb| {
+        let state = cb.split("state=").nth(1).unwrap().to_string();
+        format!("/sso/oidc/callback?state={state}")
+    })
+    .await;
+    assert_refused(&a, 400, "sso_bad_callback", "sent no code");
+    assert_eq!(a.token_calls, 0);
+}
