@@ -221,6 +221,53 @@ async fn fill_and_submit(b: &mut Browser, page: &Page, id: &str, values: &[(&str
     b.submit_form(&form, &page.url.clone()).await
 }
 
+/// `/signin` -> the provider (already signed in and consented) -> the callback URL it sends the
+/// browser to, not followed.
+async fn provider_callback(b: &mut Browser, signin: &str, callback: &str) -> String {
+    let mut page = b.get(signin).await;
+    for _ in 0..8 {
+        let to = page
+            .location()
+            .unwrap_or_else(|| panic!("{} answered {}: {}", page.url, page.status, page.body))
+            .to_string();
+        if to.starts_with(callback) {
+            return to;
+        }
+        page = b.get(&to).await;
+    }
+    panic!(
+        "the provider never sent the browser back to {callback}: {:#?}",
+        b.urls()
+    );
+}
+
+/// The callback URL with its `iss` replaced: `Some(s)` starting with `/` is appended to the real
+/// issuer, another `Some` replaces it, `None` drops the parameter.
+fn tamper_iss(url: &str, issuer: &str, to: Option<&str>) -> String {
+    let mut u = url::Url::parse(url).expect("callback URL");
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .into_owned()
+        .filter(|(k, _)| k != "iss")
+        .collect();
+    let mut q = u.query_pairs_mut();
+    q.clear();
+    for (k, v) in &pairs {
+        q.append_pair(k, v);
+    }
+    match to {
+        Some(s) if s.starts_with('/') => {
+            q.append_pair("iss", &format!("{issuer}{s}"));
+        }
+        Some(s) => {
+            q.append_pair("iss", s);
+        }
+        None => {}
+    }
+    drop(q);
+    u.to_string()
+}
+
 #[tokio::test]
 async fn oidc_sign_in_through_a_certified_provider_lands_signed_in_on_dify() {
     if !provider_available() {
@@ -489,6 +536,29 @@ async fn oidc_sign_in_through_a_certified_provider_lands_signed_in_on_dify() {
     );
     assert_eq!(identity.calls().len(), 1);
     assert_eq!(op.issued_tokens().len(), 1);
+
+    // RFC 9207 as the real provider does it: it promises `iss` in discovery, so a callback with
+    // another issuer (a mix-up) or none is refused before the code reaches its token endpoint.
+    let discovery = b
+        .get(&format!("{}/.well-known/openid-configuration", op.issuer))
+        .await;
+    let discovery: serde_json::Value = serde_json::from_str(&discovery.body).expect("discovery");
+    assert_eq!(
+        discovery["authorization_response_iss_parameter_supported"],
+        serde_json::json!(true)
+    );
+    for (what, tamper) in [
+        ("another issuer", Some("https://idp.attacker.example")),
+        ("a trailing slash", Some("/")),
+        ("no iss", None),
+    ] {
+        let callback_url = provider_callback(&mut b, &gw("/signin"), &callback).await;
+        let tampered = tamper_iss(&callback_url, &op.issuer, tamper);
+        let refused = b.get(&tampered).await;
+        assert_error_page(&refused, 401, "(iss)");
+        assert_eq!(op.issued_tokens().len(), 1, "{what}: the code was redeemed");
+        assert_eq!(identity.calls().len(), 1, "{what}");
+    }
 
     // No secret or token reaches the gateway's logs (stderr, stdout, access log).
     let logs = format!(

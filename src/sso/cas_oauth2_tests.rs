@@ -202,3 +202,174 @@ async fn oauth2_wrong_state_never_redeems_and_generic_pointers_work() {
     assert_eq!(body["groups"], json!(["dify-users"]));
     assert_eq!(body["issuer"], idp.base);
 }
+
+/// One GitHub-shaped OAuth2 sign-in: (status, code, message, token calls, userinfo calls).
+async fn oauth2_attempt(
+    idp_edit: impl FnOnce(&mut IdpState),
+    sso_edit: impl FnOnce(&mut SsoConfig),
+    cb_edit: impl FnOnce(String) -> String,
+) -> (u16, String, String, usize, usize) {
+    let (idp, _) = start_idp().await;
+    idp.with(idp_edit);
+    let mut sso = github_sso(&idp);
+    sso_edit(&mut sso);
+    let flow = flow_for(&sso);
+    let mut b = Browser::new();
+    b.accept = "application/json";
+    let cb = cb_edit(idp.authorize(location(&b.get(&flow, "/signin").await)));
+    let r = b.get(&flow, &cb).await;
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    (
+        r.status,
+        code_of(&r),
+        v["message"].as_str().unwrap_or("").to_string(),
+        idp.with(|s| s.token_calls),
+        idp.with(|s| s.userinfo_calls),
+    )
+}
+
+fn iss_param(iss: &str) -> impl FnOnce(String) -> String {
+    let iss = form_urlencoded::byte_serialize(iss.as_bytes()).collect::<String>();
+    move |cb| format!("{cb}&iss={iss}")
+}
+
+#[tokio::test]
+async fn oauth2_token_type_must_be_bearer_before_userinfo() {
+    let answer = |t: Value| {
+        move |s: &mut IdpState| {
+            s.oauth2_token_answer = json!({"token_type": t}).as_object().unwrap().clone()
+        }
+    };
+    for bad in [json!("mac"), json!("DPoP"), Value::Null, json!(1)] {
+        let (status, code, msg, tokens, userinfo) =
+            oauth2_attempt(answer(bad.clone()), |_| {}, |c| c).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (502, "sso_provider_failed"),
+            "{bad}: {msg}"
+        );
+        assert!(msg.contains("Bearer"), "{msg}");
+        assert_eq!((tokens, userinfo), (1, 0), "{bad}: access token never used");
+    }
+    // GitHub's own lower-case `bearer` (the mock's default) and other spellings are fine.
+    for ok in ["bearer", "Bearer"] {
+        let (status, _, msg, _, userinfo) = oauth2_attempt(answer(json!(ok)), |_| {}, |c| c).await;
+        assert_eq!(status, 303, "{msg}");
+        assert_eq!(userinfo, 1);
+    }
+}
+
+#[tokio::test]
+async fn oauth2_callback_iss_is_checked_before_the_code_is_redeemed() {
+    // No issuer configured: an iss that is sent must be on the authorization endpoint's origin.
+    let (status, code, msg, tokens, _) =
+        oauth2_attempt(|_| {}, |_| {}, iss_param("https://evil.example.com")).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (401, "sso_invalid_identity"),
+        "{msg}"
+    );
+    assert!(msg.contains("another sign-in server (iss)"), "{msg}");
+    assert_eq!(tokens, 0);
+    // No iss at all: fine (GitHub does not send one).
+    assert_eq!(oauth2_attempt(|_| {}, |_| {}, |c| c).await.0, 303);
+    // An iss on the provider's own origin (the mock on another port each time: use its base).
+    let (idp, _) = start_idp().await;
+    let flow = flow_for(&github_sso(&idp));
+    let mut b = Browser::new();
+    b.accept = "application/json";
+    let cb = idp.authorize(location(&b.get(&flow, "/signin").await));
+    let r = b
+        .get(&flow, &iss_param(&format!("{}/login/oauth", idp.base))(cb))
+        .await;
+    assert_eq!(r.status, 303, "{}", String::from_utf8_lossy(&r.body));
+    // An error callback from another server: refused, its text not shown.
+    let (status, code, msg, tokens, _) = oauth2_attempt(
+        |_| {},
+        |_| {},
+        |cb| {
+            let state = cb.split("state=").nth(1).unwrap().to_string();
+            format!(
+                "/sso/oauth2/callback?error=access_denied&error_description=Call%20evil&state={state}&iss=https%3A%2F%2Fevil.example.com"
+            )
+        },
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (401, "sso_invalid_identity"),
+        "{msg}"
+    );
+    assert!(!msg.contains("Call evil"), "{msg}");
+    assert_eq!(tokens, 0);
+    // sso.oauth2.issuer set: iss required and exact.
+    let set = |s: &mut SsoConfig| s.oauth2.issuer = "https://id.example.com".into();
+    let (status, _, msg, tokens, _) = oauth2_attempt(|_| {}, set, |c| c).await;
+    assert_eq!(status, 401, "{msg}");
+    assert!(
+        msg.contains("does not name its sign-in server (iss)"),
+        "{msg}"
+    );
+    assert_eq!(tokens, 0);
+    let (status, _, _, tokens, _) =
+        oauth2_attempt(|_| {}, set, iss_param("https://id.example.com/")).await;
+    assert_eq!((status, tokens), (401, 0));
+    let (status, _, msg, _, _) =
+        oauth2_attempt(|_| {}, set, iss_param("https://id.example.com")).await;
+    assert_eq!(status, 303, "{msg}");
+    // Two iss (or two codes): ambiguous, refused.
+    let (status, code, _, tokens, _) =
+        oauth2_attempt(|_| {}, |_| {}, |c| format!("{c}&iss=a&iss=b")).await;
+    assert_eq!(
+        (status, code.as_str(), tokens),
+        (400, "sso_bad_callback", 0)
+    );
+}
+
+#[test]
+fn oauth2_endpoints_and_issuer_must_be_http_urls() {
+    let dify = dify(crate::dify::SessionDelivery::Cookie, KEY);
+    let check = |edit: &dyn Fn(&mut SsoConfig)| {
+        let mut sso = SsoConfig {
+            enabled: true,
+            protocol: Protocol::Oauth2,
+            ..Default::default()
+        };
+        sso.oauth2 = OAuth2Config {
+            authorize_url: "https://id.example.com/authorize".into(),
+            token_url: "https://id.example.com/token".into(),
+            userinfo_url: "https://id.example.com/userinfo".into(),
+            client_id: "c".into(),
+            client_secret: Secret::new("s"),
+            claims: super::config_protocols::OAuth2Claims {
+                id: "/id".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        sso.exchange.identity_url = "http://manager:8087/dify_session".into();
+        edit(&mut sso);
+        let mut issues = Vec::new();
+        sso.validate(&dify, &mut issues);
+        issues
+            .iter()
+            .map(|i| format!("{}: {}", i.field, i.message))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(check(&|_| {}), "");
+    for bad in [
+        "javascript:alert(1)",
+        "file:///etc/passwd",
+        "//id.example.com/u",
+    ] {
+        let out = check(&|s| s.oauth2.userinfo_url = bad.into());
+        assert!(out.contains("sso.oauth2.userinfo_url"), "{bad}: {out}");
+        let out = check(&|s| s.oauth2.issuer = bad.into());
+        assert!(out.contains("sso.oauth2.issuer"), "{bad}: {out}");
+    }
+    assert_eq!(
+        check(&|s| s.oauth2.issuer = "https://id.example.com".into()),
+        ""
+    );
+}

@@ -107,6 +107,10 @@ pub struct OAuth2Config {
     pub authorize_url: String,
     pub token_url: String,
     pub userinfo_url: String,
+    /// RFC 9207: the `iss` the provider puts in its authorization responses. Set: every callback
+    /// must carry exactly this `iss`. Empty: an `iss` that is present must be on the
+    /// authorization endpoint's origin.
+    pub issuer: String,
     pub client_id: String,
     pub client_secret: Secret,
     #[serde(deserialize_with = "units::de_string_list")]
@@ -127,6 +131,7 @@ impl Default for OAuth2Config {
             authorize_url: String::new(),
             token_url: String::new(),
             userinfo_url: String::new(),
+            issuer: String::new(),
             client_id: String::new(),
             client_secret: Secret::default(),
             scopes: Vec::new(),
@@ -336,6 +341,14 @@ impl OAuth2Config {
             if !(derived && url.is_empty()) {
                 check_url(field, url, what, bad);
             }
+        }
+        if !self.issuer.is_empty() {
+            check_url(
+                "sso.oauth2.issuer",
+                &self.issuer,
+                "the issuer the provider sends as iss",
+                bad,
+            );
         }
         if self.client_id.is_empty() {
             bad(

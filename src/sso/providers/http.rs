@@ -112,3 +112,60 @@ pub fn callback_error(params: &[(String, String)]) -> Option<SsoFailure> {
         format!("{} ({desc})", short(error))
     }))
 }
+
+/// RFC 6749 §3.1: a parameter of the authorization response sent twice is ambiguous (which
+/// one would be used?), so the callback is refused rather than one picked.
+pub fn single_params(params: &[(String, String)], names: &[&str]) -> Result<(), SsoFailure> {
+    for name in names {
+        if params.iter().filter(|(k, _)| k == name).count() > 1 {
+            return Err(SsoFailure::BadCallback(format!(
+                "the sign-in answer has {name} more than once"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// RFC 9207 §2.4: the `iss` of an authorization response (success or error) must name the
+/// server the browser was sent to; `required` when that server promised to send it. Checked
+/// before the code is redeemed or the error shown, so a mix-up never reaches the token endpoint.
+pub fn check_iss(
+    iss: Option<&str>,
+    expected: impl Fn(&str) -> bool,
+    required: bool,
+    trace_id: &str,
+) -> Result<(), SsoFailure> {
+    match iss {
+        Some(iss) if expected(iss) => Ok(()),
+        Some(iss) => {
+            log::warn!(trace_id = trace_id, iss = short(iss).as_str(); "callback from another issuer (iss), refused before the code is redeemed");
+            Err(SsoFailure::InvalidIdentity(
+                "the sign-in answer comes from another sign-in server (iss) and was not used"
+                    .into(),
+            ))
+        }
+        None if required => {
+            log::warn!(trace_id = trace_id; "callback without iss from a provider that promises it, refused before the code is redeemed");
+            Err(SsoFailure::InvalidIdentity(
+                "the sign-in answer does not name its sign-in server (iss), which this server always does; it was not used".into(),
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
+/// RFC 6749 §7.1, RFC 6750: the access token is only ever sent as a Bearer token, so a token
+/// answer of another type (DPoP, MAC, none) is refused instead of misused. Case-insensitive:
+/// GitHub answers `bearer`.
+pub fn require_bearer(tokens: &serde_json::Value) -> Result<(), SsoFailure> {
+    match tokens.get("token_type").and_then(|t| t.as_str()) {
+        Some(t) if t.eq_ignore_ascii_case("bearer") => Ok(()),
+        Some(t) => Err(SsoFailure::ProviderFailed(format!(
+            "its token answer is of token_type {:?}, not Bearer",
+            short(t)
+        ))),
+        None => Err(SsoFailure::ProviderFailed(
+            "its token answer has no token_type (Bearer expected)".into(),
+        )),
+    }
+}

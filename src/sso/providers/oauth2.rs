@@ -2,7 +2,9 @@
 //! unless `pkce: false`), then the userinfo endpoint, read with JSON pointers (`sso.oauth2.claims`).
 //! Presets: `github` (github.com endpoints; the primary verified address from `/user/emails`,
 //! since `/user` shows only a public email) and `casdoor` (endpoints derived from `server`).
-//! As for OIDC, the flow has matched `state` to the browser before [`OAuth2::finish`] runs.
+//! As for OIDC, the flow has matched `state` to the browser before [`OAuth2::finish`] runs; the
+//! callback's `iss` (RFC 9207) is checked before the code is redeemed, and the token answer must
+//! be of type Bearer before its access token is sent to userinfo. Docs: docs/oidc-relying-party.md.
 
 use super::http;
 use crate::dify::redirect::append_query;
@@ -20,6 +22,8 @@ pub struct OAuth2 {
     /// GitHub: where the verified addresses are listed.
     emails_url: Option<String>,
     issuer: String,
+    /// Origin of the authorization endpoint: an `iss` in a callback must be on it.
+    authorize_origin: String,
     claims: [String; 5],
     scopes: String,
 }
@@ -72,7 +76,11 @@ impl OAuth2 {
             issuer
         };
         let cl = &c.claims;
+        let authorize_origin = url::Url::parse(&authorize_url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
         Ok(OAuth2 {
+            authorize_origin,
             http: http::client(c.timeout)?,
             token_url: or(&c.token_url, token),
             emails_url: (c.preset == OAuth2Preset::Github)
@@ -160,6 +168,23 @@ impl SignInProtocol for OAuth2 {
 
     async fn finish(&self, cb: &CallbackInput<'_>) -> Result<SignInOutcome, SsoFailure> {
         let flow = cb.flow.ok_or(SsoFailure::BadState)?;
+        http::single_params(cb.params, &["code", "iss", "error"])?;
+        // RFC 9207: with `sso.oauth2.issuer` set, `iss` is required and exact; without it, a
+        // provider that does send one must name its own origin (mix-up, RFC 9700 §4.4).
+        let configured = &self.cfg.issuer;
+        http::check_iss(
+            cb.param("iss"),
+            |iss| {
+                if configured.is_empty() {
+                    url::Url::parse(iss)
+                        .is_ok_and(|u| u.origin().ascii_serialization() == self.authorize_origin)
+                } else {
+                    iss == configured
+                }
+            },
+            !configured.is_empty(),
+            cb.trace_id,
+        )?;
         if let Some(refused) = http::callback_error(cb.params) {
             return Err(refused);
         }
@@ -183,6 +208,7 @@ impl SignInProtocol for OAuth2 {
             .header("Content-Type", "application/x-www-form-urlencoded")
             .body(super::oidc::form_body(&pairs));
         let tokens = http::token(req, cb.trace_id).await?;
+        http::require_bearer(&tokens)?;
         let access = tokens
             .get("access_token")
             .and_then(|t| t.as_str())

@@ -2,11 +2,17 @@
 //! `nonce` always on. Discovery from `<issuer>/.well-known/openid-configuration`; the JWKS is cached
 //! (refreshed hourly, at once on an unknown `kid`, and kept when a refresh fails). ID tokens are
 //! checked by the `openidconnect` crate: signature with an allow list of algorithms (never `none`;
-//! HS* only if configured, keyed with the client secret, never with a public key), `iss`, `aud`,
-//! `exp` and `iat` with a small leeway, `nonce`; `azp` is checked here.
+//! HS* only if configured, keyed with the client secret, never with a public key), `crit` refused,
+//! `iss`, `aud`, `exp` and `iat` with [`LEEWAY_SECS`], `nonce`; checked here: `azp`, `nbf` (same
+//! leeway), `at_hash`, and keys in the JWKS that must not verify anything (RSA under 2048 bits,
+//! `use: enc`, an EC curve that does not fit the key's `alg`) are dropped when it is fetched.
+//! The header's `jku`, `x5u`, `jwk` and `x5c` are never read: keys come only from `jwks_uri`.
 //!
 //! The flow has already matched `state` to the browser's per-flow cookie before [`Oidc::finish`]
-//! runs, so the code is only ever redeemed for a flow this browser started.
+//! runs, so the code is only ever redeemed for a flow this browser started. Before redeeming it,
+//! the callback's `iss` (RFC 9207) must name this issuer: required when discovery advertises
+//! `authorization_response_iss_parameter_supported`, checked whenever present. Docs:
+//! docs/oidc-relying-party.md.
 
 use super::http;
 use crate::dify::redirect::append_query;
@@ -14,10 +20,11 @@ use crate::sso::config::{OidcConfig, SsoConfig};
 use crate::sso::failure::SsoFailure;
 use crate::sso::protocol::{CallbackInput, Identity, LoginStart, SignInOutcome, SignInProtocol};
 use openidconnect::core::{
-    CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
+    CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKey, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
 };
 use openidconnect::{
-    ClaimsVerificationError, ClientId, ClientSecret, IssuerUrl, Nonce, SignatureVerificationError,
+    AccessToken, AccessTokenHash, ClaimsVerificationError, ClientId, ClientSecret, IssuerUrl,
+    JsonWebKey, JwsSigningAlgorithm, Nonce, SignatureVerificationError,
 };
 use serde::Deserialize;
 use std::str::FromStr;
@@ -25,8 +32,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
-/// Clock skew tolerated on `exp` and `iat`.
+/// Clock skew tolerated on `exp`, `iat` and `nbf` (the one leeway of every time check).
 pub const LEEWAY_SECS: i64 = 60;
+/// RFC 7518 §3.3: RSA keys for RS*/PS* are at least 2048 bits.
+pub const MIN_RSA_BITS: usize = 2048;
 const DISCOVERY_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 const JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
 
@@ -43,6 +52,21 @@ pub struct Discovery {
     pub end_session_endpoint: Option<String>,
     #[serde(default)]
     pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// RFC 9207 §3: the provider puts `iss` in every authorization response.
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: Option<serde_json::Value>,
+}
+
+impl Discovery {
+    pub fn iss_parameter_supported(&self) -> bool {
+        truthy(self.authorization_response_iss_parameter_supported.as_ref())
+    }
+}
+
+/// The JWKS keys that may verify a signature, and the kids dropped from it (with why).
+pub struct Keys {
+    pub set: CoreJsonWebKeySet,
+    pub refused: Vec<(String, String)>,
 }
 
 pub struct Oidc {
@@ -50,7 +74,7 @@ pub struct Oidc {
     http: reqwest::Client,
     algs: Vec<CoreJwsSigningAlgorithm>,
     discovery: Mutex<Option<(Arc<Discovery>, Instant)>>,
-    jwks: Mutex<Option<(Arc<CoreJsonWebKeySet>, Instant)>>,
+    jwks: Mutex<Option<(Arc<Keys>, Instant)>>,
 }
 
 impl Oidc {
@@ -126,6 +150,21 @@ impl Oidc {
                 ));
             }
         }
+        // The optional endpoints: one that is not http(s) is not used (a `javascript:` or `data:`
+        // logout URL would otherwise end up in a Location header), and discovery still succeeds.
+        let mut d = d;
+        for (name, slot) in [
+            ("userinfo_endpoint", &mut d.userinfo_endpoint),
+            ("end_session_endpoint", &mut d.end_session_endpoint),
+        ] {
+            if slot
+                .as_deref()
+                .is_some_and(|u| !crate::dify::is_http_url(u))
+            {
+                log::warn!(trace_id = trace_id; "OIDC discovery: {name} is not an http(s) URL, not using it");
+                *slot = None;
+            }
+        }
         Ok(d)
     }
 
@@ -136,7 +175,7 @@ impl Oidc {
         d: &Discovery,
         force: bool,
         trace_id: &str,
-    ) -> Result<Arc<CoreJsonWebKeySet>, SsoFailure> {
+    ) -> Result<Arc<Keys>, SsoFailure> {
         let mut slot = self.jwks.lock().await;
         if let Some((k, at)) = slot.as_ref()
             && !force
@@ -146,8 +185,14 @@ impl Oidc {
         }
         let fetched = async {
             let v = http::json(self.http.get(&d.jwks_uri), "JWKS", trace_id).await?;
-            serde_json::from_value::<CoreJsonWebKeySet>(v)
-                .map_err(|_| SsoFailure::ProviderFailed("its JWKS is not a key set".into()))
+            let (usable, refused) = usable_keys(v)
+                .ok_or_else(|| SsoFailure::ProviderFailed("its JWKS is not a key set".into()))?;
+            for (kid, why) in &refused {
+                log::warn!(trace_id = trace_id; "JWKS: key {kid} is not used: {why}");
+            }
+            let set = serde_json::from_value::<CoreJsonWebKeySet>(usable)
+                .map_err(|_| SsoFailure::ProviderFailed("its JWKS is not a key set".into()))?;
+            Ok(Keys { set, refused })
         }
         .await;
         match (fetched, slot.as_ref()) {
@@ -191,20 +236,23 @@ impl Oidc {
             })
     }
 
-    /// Checks the ID token; its verified claims as JSON.
+    /// Checks the ID token (and, when it has `at_hash`, that it was issued with `access_token`);
+    /// its verified claims as JSON.
     async fn verify_id_token(
         &self,
         d: &Discovery,
         raw: &str,
         nonce: &str,
+        access_token: Option<&str>,
         trace_id: &str,
     ) -> Result<serde_json::Value, SsoFailure> {
         let token = CoreIdToken::from_str(raw).map_err(|e| {
             SsoFailure::InvalidIdentity(format!("the ID token cannot be read ({e})"))
         })?;
         let nonce = Nonce::new(nonce.to_string());
-        let keys = self.keys(d, false, trace_id).await?;
-        let mut result = token.claims(&self.verifier(d, &keys), &nonce).map(|_| ());
+        let mut keys = self.keys(d, false, trace_id).await?;
+        let mut verifier = self.verifier(d, &keys.set);
+        let mut result = token.claims(&verifier, &nonce).map(|_| ());
         if matches!(
             result,
             Err(ClaimsVerificationError::SignatureVerification(
@@ -212,15 +260,74 @@ impl Oidc {
             ))
         ) {
             log::info!(trace_id = trace_id; "ID token signed with a key not in the cached JWKS: refetching it");
-            let keys = self.keys(d, true, trace_id).await?;
-            result = token.claims(&self.verifier(d, &keys), &nonce).map(|_| ());
+            keys = self.keys(d, true, trace_id).await?;
+            verifier = self.verifier(d, &keys.set);
+            result = token.claims(&verifier, &nonce).map(|_| ());
         }
         if let Err(e) = result {
             log::warn!(trace_id = trace_id; "ID token refused: {e}");
+            let kid =
+                header(raw).and_then(|h| h.get("kid").and_then(|k| k.as_str()).map(http::short));
+            if let (
+                ClaimsVerificationError::SignatureVerification(
+                    SignatureVerificationError::NoMatchingKey,
+                ),
+                Some(kid),
+            ) = (&e, &kid)
+                && let Some((_, why)) = keys.refused.iter().find(|(k, _)| k == kid)
+            {
+                return Err(SsoFailure::InvalidIdentity(format!(
+                    "the ID token is signed with key {kid}, which is not accepted ({why})"
+                )));
+            }
             return Err(SsoFailure::InvalidIdentity(id_token_reason(&e)));
         }
         let claims = payload(raw)
             .ok_or_else(|| SsoFailure::InvalidIdentity("the ID token cannot be read".into()))?;
+        // RFC 7519 §4.1.5: not before `nbf` (openidconnect does not look at it).
+        match claims.get("nbf") {
+            None => {}
+            Some(v) => match v.as_f64() {
+                Some(nbf) if nbf > (chrono::Utc::now().timestamp() + LEEWAY_SECS) as f64 => {
+                    return Err(SsoFailure::InvalidIdentity(
+                        "the ID token is not valid yet (nbf)".into(),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    return Err(SsoFailure::InvalidIdentity(
+                        "the ID token's nbf is not a time".into(),
+                    ));
+                }
+            },
+        }
+        // OIDC Core §3.1.3.8: an `at_hash` binds the ID token to the access token it came with.
+        if let (Some(expected), Some(access)) = (claims.get("at_hash"), access_token) {
+            let alg = token
+                .signing_alg()
+                .map_err(|_| SsoFailure::InvalidIdentity("the ID token is not signed".into()))?;
+            let hashed = if alg.uses_shared_secret() {
+                let key = CoreJsonWebKey::new_symmetric(
+                    self.cfg.client_secret.expose().as_bytes().to_vec(),
+                );
+                AccessTokenHash::from_token(&AccessToken::new(access.to_string()), alg, &key)
+            } else {
+                let key = token.signing_key(&verifier).map_err(|e| {
+                    SsoFailure::InvalidIdentity(id_token_reason(
+                        &ClaimsVerificationError::SignatureVerification(e),
+                    ))
+                })?;
+                AccessTokenHash::from_token(&AccessToken::new(access.to_string()), alg, key)
+            };
+            let matches = hashed
+                .ok()
+                .is_some_and(|h| expected.as_str() == Some(h.as_str()));
+            if !matches {
+                return Err(SsoFailure::InvalidIdentity(
+                    "the ID token was not issued with this access token (at_hash)".into(),
+                ));
+            }
+        }
         // azp (OIDC Core §2): with several audiences it must be present; when present, it is us.
         let many_aud = claims
             .get("aud")
@@ -295,12 +402,89 @@ pub fn form_encode(s: &str) -> String {
 
 /// The JSON payload of a compact JWS (read only after its signature checked out).
 pub fn payload(raw: &str) -> Option<serde_json::Value> {
+    jws_part(raw, 1)
+}
+
+/// The JOSE header of a compact JWS (only to name its `kid` in a refusal).
+fn header(raw: &str) -> Option<serde_json::Value> {
+    jws_part(raw, 0)
+}
+
+fn jws_part(raw: &str, index: usize) -> Option<serde_json::Value> {
+    let part = raw.split('.').nth(index)?;
+    serde_json::from_slice(&b64url(part)?).ok()
+}
+
+fn b64url(part: &str) -> Option<Vec<u8>> {
     use base64::Engine;
-    let part = raw.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(part.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
+        .ok()
+}
+
+/// Splits a fetched JWKS into the keys that may verify signatures and the ones that must not
+/// (each kid with why): RSA under [`MIN_RSA_BITS`], keys for encryption (`use` other than `sig`),
+/// EC keys whose curve does not fit their `alg`. None if it is not a key set at all.
+pub fn usable_keys(
+    mut jwks: serde_json::Value,
+) -> Option<(serde_json::Value, Vec<(String, String)>)> {
+    let keys = jwks.get_mut("keys")?.as_array_mut()?;
+    let mut refused = Vec::new();
+    keys.retain(|k| {
+        let why = unusable(k);
+        if let Some(why) = &why {
+            let kid = k.get("kid").and_then(|v| v.as_str()).map(http::short);
+            refused.push((kid.unwrap_or_else(|| "(no kid)".into()), why.clone()));
+        }
+        why.is_none()
+    });
+    Some((jwks, refused))
+}
+
+fn unusable(key: &serde_json::Value) -> Option<String> {
+    let field = |n: &str| key.get(n).and_then(|v| v.as_str());
+    if let Some(u) = field("use")
+        && u != "sig"
+    {
+        return Some(format!(
+            "it is for {:?}, not for signatures",
+            http::short(u)
+        ));
+    }
+    match field("kty") {
+        Some("RSA") => {
+            let Some(n) = field("n").and_then(b64url) else {
+                return Some("its RSA modulus cannot be read".into());
+            };
+            let bits = rsa_bits(&n);
+            (bits < MIN_RSA_BITS)
+                .then(|| format!("an RSA key of {bits} bits, at least {MIN_RSA_BITS} are required"))
+        }
+        Some("EC") => {
+            let want = match field("alg")? {
+                "ES256" => "P-256",
+                "ES384" => "P-384",
+                "ES512" => "P-521",
+                _ => return None,
+            };
+            let crv = field("crv").unwrap_or("");
+            (crv != want).then(|| {
+                format!(
+                    "its curve {:?} does not fit its algorithm (wants {want})",
+                    http::short(crv)
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Bit length of a big-endian unsigned integer.
+fn rsa_bits(n: &[u8]) -> usize {
+    match n.iter().position(|b| *b != 0) {
+        None => 0,
+        Some(i) => (n.len() - i) * 8 - n[i].leading_zeros() as usize,
+    }
 }
 
 fn id_token_reason(e: &ClaimsVerificationError) -> String {
@@ -310,6 +494,9 @@ fn id_token_reason(e: &ClaimsVerificationError) -> String {
         C::InvalidAudience(_) => "the ID token was issued to another client (aud)".into(),
         C::InvalidIssuer(_) => "the ID token comes from another issuer".into(),
         C::InvalidNonce(_) => "the ID token does not belong to this sign-in (nonce)".into(),
+        C::Unsupported(why) if why.contains("critical") => {
+            "the ID token has critical header extensions (crit) that are not understood".into()
+        }
         C::SignatureVerification(s) => match s {
             SignatureVerificationError::DisallowedAlg(_)
             | SignatureVerificationError::UnsupportedAlg(_)
@@ -318,6 +505,12 @@ fn id_token_reason(e: &ClaimsVerificationError) -> String {
             }
             SignatureVerificationError::NoMatchingKey => {
                 "the ID token is signed with an unknown key".into()
+            }
+            SignatureVerificationError::InvalidKey(_) => {
+                "the ID token's signing key does not fit its algorithm".into()
+            }
+            SignatureVerificationError::AmbiguousKeyId(_) => {
+                "the ID token names no key (kid) and several could sign it".into()
             }
             _ => "the ID token's signature is not valid".into(),
         },
@@ -385,6 +578,16 @@ impl SignInProtocol for Oidc {
 
     async fn finish(&self, cb: &CallbackInput<'_>) -> Result<SignInOutcome, SsoFailure> {
         let flow = cb.flow.ok_or(SsoFailure::BadState)?;
+        http::single_params(cb.params, &["code", "iss", "error"])?;
+        let d = self.discover(cb.trace_id).await?;
+        // RFC 9207 / RFC 9700 §4.4 (mix-up): before anything of the answer is used, even its error
+        // text, it must come from this issuer.
+        http::check_iss(
+            cb.param("iss"),
+            |iss| iss == d.issuer,
+            d.iss_parameter_supported(),
+            cb.trace_id,
+        )?;
         if let Some(refused) = http::callback_error(cb.params) {
             return Err(refused);
         }
@@ -392,16 +595,21 @@ impl SignInProtocol for Oidc {
             .param("code")
             .filter(|c| !c.is_empty())
             .ok_or_else(|| SsoFailure::BadCallback("the sign-in server sent no code".into()))?;
-        let d = self.discover(cb.trace_id).await?;
         let tokens = self
             .redeem(&d, code, &flow.pkce_verifier, cb.callback_url, cb.trace_id)
             .await?;
+        // OIDC Core §3.1.3.3: token_type MUST be Bearer; the access token is sent as one below.
+        http::require_bearer(&tokens)?;
         let raw = tokens
             .get("id_token")
             .and_then(|t| t.as_str())
             .ok_or_else(|| SsoFailure::ProviderFailed("its token answer has no id_token".into()))?;
+        let access = tokens
+            .get("access_token")
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty());
         let claims = self
-            .verify_id_token(&d, raw, &flow.nonce, cb.trace_id)
+            .verify_id_token(&d, raw, &flow.nonce, access, cb.trace_id)
             .await?;
         let names = &self.cfg.claims;
         let subject = text(&claims, "sub")
@@ -416,7 +624,6 @@ impl SignInProtocol for Oidc {
             id_token_hint: self.cfg.end_session.then(|| raw.to_string()),
         };
         // Some providers keep email and groups out of the ID token: ask userinfo for them.
-        let access = tokens.get("access_token").and_then(|t| t.as_str());
         if let (None, Some(url), Some(access)) =
             (&identity.email, d.userinfo_endpoint.as_deref(), access)
         {
