@@ -1217,7 +1217,9 @@ async fn oidc_discovery_endpoints_that_are_not_http_are_not_used() {
         let flow = flow_for(&identity_sso(&idp, Protocol::Oidc));
         let mut b = Browser::new();
         assert_eq!(sign_in(&mut b, &flow, &idp).await.status, 303, "{bad}");
-        for (_, value) in flow.on_upstream_response(&Method::POST, "/console/api/logout", 200) {
+        for (_, value) in
+            flow.on_upstream_response(&Method::POST, "/console/api/logout", 200, false)
+        {
             let v = value.to_str().unwrap();
             let (n, rest) = v.split_once('=').unwrap();
             b.jar
