@@ -458,7 +458,7 @@ impl Config {
     /// A one-line description for `-t` and the start-up log.
     pub fn summary(&self) -> String {
         let sso = match &self.sso {
-            Some(s) if s.is_enabled() => s.summary(),
+            Some(s) if s.is_enabled() => s.summary(&self.dify),
             _ => "sso off".to_string(),
         };
         format!(

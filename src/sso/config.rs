@@ -248,15 +248,24 @@ impl SsoConfig {
         self.enabled
     }
 
-    pub fn summary(&self) -> String {
+    pub fn summary(&self, dify: &DifyConfig) -> String {
         let protocol = self.protocol.name();
         let mut s = format!("sso {protocol} callback {}", self.effective_callback_path());
         if self.enforce {
             s.push_str(" enforced");
         }
+        if self.idp_initiated {
+            s.push_str(" idp-initiated");
+        }
         if !self.bypass_cidrs.is_empty() {
             s.push_str(&format!(" bypass {}", self.bypass_cidrs.join(",")));
         }
+        let store = if self.store_in_redis(dify) {
+            "redis"
+        } else {
+            "memory"
+        };
+        s.push_str(&format!(" states in {store}"));
         s
     }
 

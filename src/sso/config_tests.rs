@@ -58,8 +58,8 @@ fn every_key_parses() {
     assert_eq!(c.dify.delivery(), SessionDelivery::Cookie);
     assert_eq!(c.dify.access_token_expire_minutes, 90);
     assert_eq!(
-        s.summary(),
-        "sso token_exchange callback /qsso_backcall enforced bypass 10.0.0.0/8,192.168.1.5"
+        s.summary(&c.dify),
+        "sso token_exchange callback /qsso_backcall enforced bypass 10.0.0.0/8,192.168.1.5 states in memory"
     );
     assert!(
         !format!("{c:?}").contains("sk-test-key"),
