@@ -2,7 +2,8 @@
 //! writes them (reference §2): `SETEX refresh_token:<token> <seconds> <account id>` and
 //! `SETEX account_refresh_token:<account id> <seconds> <token>`, with seconds =
 //! `REFRESH_TOKEN_EXPIRE_DAYS * 86400`, in the database of the URL (Dify's `REDIS_DB`). Dify's own
-//! `POST /console/api/refresh-token` then reads and rotates them unchanged.
+//! `POST /console/api/refresh-token` then reads and rotates them unchanged. With Dify's
+//! `REDIS_KEY_PREFIX` (`dify.redis_key_prefix`) both names carry it, as Dify's own do.
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
@@ -11,10 +12,12 @@ use tokio::sync::OnceCell;
 pub const REFRESH_TOKEN_PREFIX: &str = "refresh_token:";
 pub const ACCOUNT_REFRESH_TOKEN_PREFIX: &str = "account_refresh_token:";
 
+/// The name of the token's key, before Dify's `REDIS_KEY_PREFIX`.
 pub fn refresh_token_key(token: &str) -> String {
     format!("{REFRESH_TOKEN_PREFIX}{token}")
 }
 
+/// The name of the account's key, before Dify's `REDIS_KEY_PREFIX`.
 pub fn account_refresh_token_key(account_id: &str) -> String {
     format!("{ACCOUNT_REFRESH_TOKEN_PREFIX}{account_id}")
 }
@@ -52,14 +55,21 @@ fn manager_config() -> ConnectionManagerConfig {
 pub struct RefreshTokens {
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
+    /// `dify.redis_key_prefix`, applied by [`crate::dify::prefixed_redis_key`].
+    key_prefix: String,
 }
 
 impl RefreshTokens {
-    pub fn new(client: redis::Client) -> RefreshTokens {
+    pub fn new(client: redis::Client, key_prefix: &str) -> RefreshTokens {
         RefreshTokens {
             client,
             conn: OnceCell::new(),
+            key_prefix: key_prefix.to_string(),
         }
+    }
+
+    fn key(&self, name: &str) -> String {
+        crate::dify::prefixed_redis_key(&self.key_prefix, name)
     }
 
     async fn conn(&self) -> Result<ConnectionManager, String> {
@@ -80,9 +90,13 @@ impl RefreshTokens {
         let secs = ttl.as_secs().max(1);
         redis::pipe()
             .atomic()
-            .set_ex(refresh_token_key(token), account_id, secs)
+            .set_ex(self.key(&refresh_token_key(token)), account_id, secs)
             .ignore()
-            .set_ex(account_refresh_token_key(account_id), token, secs)
+            .set_ex(
+                self.key(&account_refresh_token_key(account_id)),
+                token,
+                secs,
+            )
             .ignore()
             .query_async::<()>(&mut conn)
             .await

@@ -331,7 +331,8 @@ impl SsoConfig {
     fn validate_minter(&self, dify: &DifyConfig, bad: &mut impl FnMut(&str, String)) {
         match self.minter {
             MinterKind::Builtin => {
-                self.provisioning.validate(bad);
+                self.provisioning
+                    .validate(dify.dataset_operator_enabled(), bad);
                 if dify.database_url.is_empty() {
                     bad("dify.database_url", "expected Dify's PostgreSQL for sso.minter: builtin, e.g. postgresql://postgres:difyai123456@db:5432/dify".into());
                 } else if let Err(e) = crate::dify::store::parse_url(dify.database_url.expose()) {
