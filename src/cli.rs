@@ -19,9 +19,16 @@ pub struct Cli {
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Check the configuration and exit: 0 with a summary, 1 with every error found.
+    /// Check the configuration and exit: 0 with a summary, 1 with every error found. Runs every
+    /// check start-up runs, including, for sso.minter: builtin, connecting to Dify's PostgreSQL and
+    /// Redis and checking Dify's schema.
     #[arg(short = 't', long = "test")]
     pub test: bool,
+
+    /// With -t: skip the checks that connect to other servers (Dify's PostgreSQL and Redis for
+    /// sso.minter: builtin); the summary names what was skipped.
+    #[arg(long, requires = "test")]
+    pub offline: bool,
 
     /// Run in the background (Pingora's daemon mode).
     #[arg(short = 'd', long = "daemon")]

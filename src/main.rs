@@ -2,6 +2,7 @@ use clap::Parser;
 use dify_gateway::cli::Cli;
 use dify_gateway::config::{Config, ConfigSource};
 use dify_gateway::ops::{logging, server};
+use dify_gateway::sso::{builtin_minter, used_states};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -31,20 +32,20 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
-        println!(
-            "dify-gateway: configuration {source} is ok: {}",
-            config.summary()
-        );
-        return ExitCode::SUCCESS;
+        return check_only(&config, &source, cli.offline);
     }
     // sso.minter: builtin: Dify's tables, the workspace and Redis are checked before serving.
-    match dify_gateway::sso::builtin_minter::preflight_blocking(config.sso.as_ref(), &config.dify) {
+    match builtin_minter::preflight_blocking(config.sso.as_ref(), &config.dify) {
         Ok(Some(summary)) => log::info!("sso.minter builtin: {summary}"),
         Ok(None) => {}
         Err(e) => {
-            eprintln!("dify-gateway: sso.minter: builtin cannot work: {e}");
+            eprintln!("{}", preflight_failed(&e));
             return ExitCode::from(1);
         }
+    }
+    if let Err(e) = used_states::preflight_blocking(config.sso.as_ref(), &config.dify) {
+        eprintln!("{}", store_failed(&e));
+        return ExitCode::from(1);
     }
     log::info!("starting with {source}: {}", config.summary());
     match server::build(&cli, config, source) {
@@ -54,4 +55,71 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn store_failed(e: &str) -> String {
+    format!("dify-gateway: sso.store: redis cannot keep used sign-in states: {e}")
+}
+
+fn preflight_failed(e: &str) -> String {
+    format!("dify-gateway: sso.minter: builtin cannot work: {e}")
+}
+
+/// `-t`: what start-up checks, then exit. The same failure gives the same message as at start-up,
+/// so a `-t` that says ok means the start will not fail on the configuration or on Dify's servers
+/// as they are now.
+fn check_only(config: &Config, source: &ConfigSource, offline: bool) -> ExitCode {
+    // What start-up builds before serving: the SSO flow (its keys, the minter) and the TLS files.
+    if let Err(e) = dify_gateway::state::Snapshot::build(config.clone(), 0) {
+        eprintln!("dify-gateway: {e}");
+        return ExitCode::from(1);
+    }
+    if let Some(tls) = &config.server.tls
+        && let Err(e) = server::check_tls_files(&tls.cert, &tls.key)
+    {
+        eprintln!("dify-gateway: server.tls: cannot load the certificate or key: {e}");
+        return ExitCode::from(1);
+    }
+    let summary = config.summary();
+    let uses_builtin = builtin_minter::in_use(config.sso.as_ref()).is_some();
+    let redis_store = config
+        .sso
+        .as_ref()
+        .is_some_and(|s| s.is_enabled() && s.store_in_redis(&config.dify));
+    let checked = if offline {
+        if uses_builtin {
+            "; skipped (--offline): connecting to Dify's PostgreSQL (dify.database_url) and Redis \
+             (dify.redis_url), Dify's schema and the workspace (sso.minter: builtin)"
+                .to_string()
+        } else if redis_store {
+            "; skipped (--offline): connecting to Dify's Redis (dify.redis_url) for sso.store"
+                .to_string()
+        } else {
+            "; --offline: nothing to skip, this configuration connects to no other server at start-up"
+                .to_string()
+        }
+    } else {
+        match builtin_minter::preflight_blocking(config.sso.as_ref(), &config.dify) {
+            Ok(Some(checked)) => format!("; sso.minter builtin: {checked}"),
+            Ok(None) => String::new(),
+            Err(e) => {
+                eprintln!("{}", preflight_failed(&e));
+                return ExitCode::from(1);
+            }
+        }
+    };
+    let checked = if offline {
+        checked
+    } else {
+        match used_states::preflight_blocking(config.sso.as_ref(), &config.dify) {
+            Ok(Some(ok)) => format!("{checked}; sso.store: {ok}"),
+            Ok(None) => checked,
+            Err(e) => {
+                eprintln!("{}", store_failed(&e));
+                return ExitCode::from(1);
+            }
+        }
+    };
+    println!("dify-gateway: configuration {source} is ok: {summary}{checked}");
+    ExitCode::SUCCESS
 }

@@ -429,7 +429,9 @@ async fn roles_come_from_the_group_map_else_the_default() {
         .into_iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
-    let env = Env::new(need_services!(), p).await;
+    let mut env = Env::new(need_services!(), p).await;
+    // Dify runs with DATASET_OPERATOR_ENABLED=true, else that role is refused (see config tests).
+    env.dify.dataset_operator_enabled = Some(true);
     let m = env.minter();
     for (who, groups, role) in [
         ("adm", &["staff", "dify-admins"][..], "admin"),
@@ -510,7 +512,7 @@ async fn a_minted_refresh_token_is_rotated_by_dify_s_refresh_logic() {
     .unwrap();
     let id = env.account_id("gus@example.com").await.unwrap().to_string();
     let mut r = env.svc.redis().await;
-    let (account, new_token) = dify_refresh(&mut r, &s.refresh_token, 30 * 86400)
+    let (account, new_token) = dify_refresh(&mut r, "", &s.refresh_token, 30 * 86400)
         .await
         .expect("Dify accepts the gateway's refresh token");
     assert_eq!(account, id);
@@ -529,7 +531,7 @@ async fn a_minted_refresh_token_is_rotated_by_dify_s_refresh_logic() {
         Some(new_token.as_str())
     );
     assert_eq!(
-        dify_refresh(&mut r, &s.refresh_token, 30 * 86400).await,
+        dify_refresh(&mut r, "", &s.refresh_token, 30 * 86400).await,
         Err("Invalid refresh token".into()),
         "an old token cannot be replayed"
     );
@@ -768,7 +770,9 @@ async fn sign_in_through_the_gateway_creates_the_account_and_dify_accepts_the_se
         .cookie(&gw.url("/"), "refresh_token")
         .expect("refresh cookie");
     let mut r = svc.redis().await;
-    let (account, _) = dify_refresh(&mut r, &refresh, 30 * 86400).await.unwrap();
+    let (account, _) = dify_refresh(&mut r, "", &refresh, 30 * 86400)
+        .await
+        .unwrap();
     assert_eq!(account, id.to_string());
 }
 
@@ -810,4 +814,357 @@ async fn gateway_refuses_to_start_on_an_unsupported_schema() {
         stderr.contains("lacks column tenant_account_joins.current"),
         "{stderr}"
     );
+}
+
+// --- dify.database_url's sslmode, against the test PostgreSQL (ssl = on, its own CA) -----------
+
+/// `dify-gateway -t` (or `-t --offline`) on `yaml`, with `env` added to the environment.
+fn check(yaml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut cmd = std::process::Command::new(support::BIN);
+    cmd.arg("-t")
+        .args(extra_args)
+        .arg("-c")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .env_remove("RUST_LOG")
+        .env_remove("REDIS_KEY_PREFIX")
+        .env_remove("DATASET_OPERATOR_ENABLED");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    // What -t says to the operator, without the process log's JSON lines (warnings).
+    let said: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.starts_with('{'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        said.concat(),
+    )
+}
+
+/// A database URL in libpq's key=value form, naming the server `host` (checked by verify-full)
+/// but connecting to 127.0.0.1.
+fn key_value_url(svc: &Services, db: &TestDb, host: &str, extra: &str) -> String {
+    format!(
+        "host={host} hostaddr=127.0.0.1 port={} user=postgres dbname={} {extra}",
+        svc.pg_addr().port(),
+        db.name
+    )
+}
+
+/// Whether a connection made as the gateway makes it is encrypted (PostgreSQL's pg_stat_ssl).
+async fn connects_with_tls(url: &str) -> Result<bool, String> {
+    let db = dify_gateway::dify::store::parse_url(url)?;
+    let (client, conn) = db
+        .config
+        .connect(db.tls.clone())
+        .await
+        .map_err(|e| db.explain(&e))?;
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.get(0))
+}
+
+/// A CA the server's certificate was not signed by, in a PEM file.
+fn other_ca(dir: &std::path::Path) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    let path = dir.join("other-ca.pem");
+    std::fs::write(&path, cert.pem()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn sslmode_means_what_it_means_to_libpq_against_a_server_with_its_own_ca() {
+    let svc = need_services!();
+    let db = svc.fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wrong_ca = other_ca(dir.path());
+    let ca = svc.pg_ca.clone();
+    let url = |q: &str| format!("{}{q}", db.url);
+    // (URL, encrypted?) for the modes that connect; the server's certificate is unknown to the
+    // public roots, as Debian's snakeoil one is.
+    let connects = [
+        (url(""), true),
+        (url("?sslmode=disable"), false),
+        (url("?sslmode=allow"), true),
+        (url("?sslmode=prefer"), true),
+        (url("?sslmode=require"), true),
+        (url(&format!("?sslmode=require&sslrootcert={ca}")), true),
+        (url(&format!("?sslmode=verify-ca&sslrootcert={ca}")), true),
+        (url(&format!("?sslmode=verify-full&sslrootcert={ca}")), true),
+        (
+            key_value_url(
+                &svc,
+                &db,
+                "not-the-server.test",
+                &format!("sslmode=verify-ca sslrootcert='{ca}'"),
+            ),
+            true,
+        ),
+        (
+            key_value_url(&svc, &db, "localhost", "sslmode=require"),
+            true,
+        ),
+    ];
+    for (u, tls) in &connects {
+        assert_eq!(connects_with_tls(u).await, Ok(*tls), "{u}");
+    }
+    // What libpq refuses, and why.
+    let refused = [
+        (url("?sslmode=verify-ca"), "UnknownIssuer"),
+        (url("?sslmode=verify-full"), "UnknownIssuer"),
+        (
+            url(&format!("?sslmode=require&sslrootcert={wrong_ca}")),
+            "UnknownIssuer",
+        ),
+        (
+            url(&format!("?sslmode=verify-ca&sslrootcert={wrong_ca}")),
+            "UnknownIssuer",
+        ),
+        (
+            key_value_url(
+                &svc,
+                &db,
+                "not-the-server.test",
+                &format!("sslmode=verify-full sslrootcert={ca}"),
+            ),
+            "certificate not valid for name \"not-the-server.test\"",
+        ),
+    ];
+    for (u, why) in &refused {
+        let e = connects_with_tls(u).await.unwrap_err();
+        assert!(
+            e.contains("invalid peer certificate") && e.contains(why),
+            "{u}: {e}"
+        );
+        assert!(
+            e.contains("sslmode=verify") || e.contains("sslmode=require"),
+            "{e}"
+        );
+    }
+
+    // The same through the binary: -t connects as start-up does, and says why it cannot.
+    let cas = CasMock::start().await;
+    for (u, _) in &connects {
+        let (code, stdout, stderr) = check(&gateway_yaml(&cas, u, &svc.redis_url), &[], &[]);
+        assert_eq!(code, Some(0), "{u}: {stderr}");
+        assert!(stdout.contains("Redis answers"), "{stdout}");
+    }
+    for (u, why) in &refused {
+        let (code, _, stderr) = check(&gateway_yaml(&cas, u, &svc.redis_url), &[], &[]);
+        assert_eq!(code, Some(1), "{u}");
+        assert!(
+            stderr.contains("cannot connect to Dify's database")
+                && stderr.contains(why)
+                && !stderr.contains("postgres@"),
+            "{u}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn bad_sslmode_or_root_file_is_a_configuration_error_naming_the_field() {
+    let yaml = |url: &str| {
+        format!(
+            "sso:\n  protocol: cas\n  state_secret: state-secret-0123456789abcdef-builtin\n  cas:\n    server: https://cas.example.com/cas\n  minter: builtin\n  provisioning:\n    workspace_id: {WORKSPACE}\n\
+             dify:\n  secret_key: {KEY}\n  database_url: {}\n  redis_url: redis://127.0.0.1:6379/0\n",
+            yq(url)
+        )
+    };
+    let (code, _, stderr) = check(
+        &yaml("postgresql://u:hunter2@db/dify?sslmode=verify"),
+        &["--offline"],
+        &[],
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(":11: dify.database_url: sslmode \"verify\" is not one of libpq's"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    let (code, _, stderr) = check(
+        &yaml("postgresql://db/dify?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem"),
+        &["--offline"],
+        &[],
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("dify.database_url: sslrootcert \"/nonexistent/ca.pem\" cannot be read"),
+        "{stderr}"
+    );
+}
+
+// --- -t runs the start-up checks ---------------------------------------------------------------
+
+#[tokio::test]
+async fn check_runs_the_startup_checks_and_offline_names_what_it_skips() {
+    let svc = need_services!();
+    let db = svc.fresh_db().await;
+    db.client
+        .batch_execute("ALTER TABLE tenant_account_joins DROP COLUMN current")
+        .await
+        .unwrap();
+    let cas = CasMock::start().await;
+    let yaml = gateway_yaml(&cas, &db.url, &svc.redis_url);
+    let (code, stdout, stderr) = check(&yaml, &[], &[]);
+    assert_eq!(code, Some(1), "-t must fail where start-up fails: {stdout}");
+    assert_eq!(
+        stderr.trim(),
+        "dify-gateway: sso.minter: builtin cannot work: Dify's database lacks column tenant_account_joins.current (boolean): \
+         this Dify version's schema is not supported by sso.minter: builtin (supported: Dify 1.x, as reference §5 describes)"
+    );
+    // Start-up says exactly the same.
+    let builder = Gateway::builder().extra_yaml(&yaml);
+    let path = builder.temp_path("gateway.yaml");
+    std::fs::write(&path, builder.to_yaml()).unwrap();
+    let started = std::process::Command::new(support::BIN)
+        .arg("-c")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(started.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&started.stderr).contains(stderr.trim()),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+
+    let (code, stdout, stderr) = check(&yaml, &["--offline"], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(" is ok: "), "{stdout}");
+    assert!(
+        stdout.contains("skipped (--offline): connecting to Dify's PostgreSQL (dify.database_url) and Redis (dify.redis_url), Dify's schema and the workspace"),
+        "{stdout}"
+    );
+
+    // Redis down: -t names it too.
+    let good = svc.fresh_db().await;
+    let dead = format!("redis://{}/0", support::dead_addr());
+    let (code, _, stderr) = check(&gateway_yaml(&cas, &good.url, &dead), &[], &[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.starts_with("dify-gateway: sso.minter: builtin cannot work: dify.redis_url:"),
+        "{stderr}"
+    );
+    let (code, stdout, _) = check(&gateway_yaml(&cas, &good.url, &svc.redis_url), &[], &[]);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("sso.minter builtin: Dify's database has the tables")
+            && stdout.contains("Redis answers"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn offline_needs_test_and_says_when_there_is_nothing_to_skip() {
+    let (code, stdout, stderr) = check(
+        "server:\n  listen: [\"127.0.0.1:18080\"]\n",
+        &["--offline"],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("--offline: nothing to skip"), "{stdout}");
+    let out = support::run_cli(&["--offline"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--test"));
+}
+
+// --- REDIS_KEY_PREFIX -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn with_a_key_prefix_every_key_carries_it_as_dify_s_do() {
+    let svc = need_services!();
+    let mut env = Env::new(svc, prov()).await;
+    // A trailing colon is Dify's to double, not the gateway's to drop.
+    let prefix = format!("dg-{}:", Uuid::new_v4().simple());
+    env.dify.redis_key_prefix = Some(prefix.clone());
+    let s = mint(
+        &*env.minter(),
+        &identity("pia", "pia@example.com", "Pia", &[]),
+    )
+    .await
+    .unwrap();
+    let id = env.account_id("pia@example.com").await.unwrap().to_string();
+    let (v, _) = redis_get(
+        &env.svc,
+        &format!("{prefix}:refresh_token:{}", s.refresh_token),
+    )
+    .await;
+    assert_eq!(v.as_deref(), Some(id.as_str()));
+    let (v, _) = redis_get(&env.svc, &format!("{prefix}:account_refresh_token:{id}")).await;
+    assert_eq!(v.as_deref(), Some(s.refresh_token.as_str()));
+    let (v, _) = redis_get(&env.svc, &format!("refresh_token:{}", s.refresh_token)).await;
+    assert_eq!(v, None, "nothing unprefixed");
+    let mut r = env.svc.redis().await;
+    assert_eq!(
+        dify_refresh(&mut r, "", &s.refresh_token, 60).await,
+        Err("Invalid refresh token".into()),
+        "a Dify without the prefix would not find it"
+    );
+    let (account, _) = dify_refresh(&mut r, &prefix, &s.refresh_token, 60)
+        .await
+        .expect("Dify with REDIS_KEY_PREFIX accepts the gateway's token");
+    assert_eq!(account, id);
+    assert_eq!(env.dify.redis_key("k"), format!("{prefix}:k"));
+}
+
+#[tokio::test]
+async fn gateway_takes_redis_key_prefix_from_the_environment_and_dify_s_refresh_works() {
+    let svc = need_services!();
+    let db = svc.fresh_db().await;
+    let cas = CasMock::start().await;
+    let dify = DifyMock::start(DifySettings::new(KEY)).await;
+    let prefix = format!("tenant-{}", Uuid::new_v4().simple());
+    let gw = Gateway::builder()
+        .upstream("api", &[dify.addr()])
+        .upstream("web", &[dify.addr()])
+        .env("REDIS_KEY_PREFIX", &prefix)
+        .extra_yaml(&gateway_yaml(&cas, &db.url, &svc.redis_url))
+        .start()
+        .await;
+    cas.sign_in_as(CasUser::new("rey", "rey@example.com", "Rey", &[]));
+    let mut b = Browser::new();
+    let first = b.get(&gw.url("/signin?redirect_url=/apps")).await;
+    let at_cas = hop(&mut b, &first).await;
+    let callback = hop(&mut b, &at_cas).await;
+    assert_eq!(callback.status, 303, "{}: {}", callback.url, callback.body);
+    let refresh = b
+        .cookie(&gw.url("/"), "refresh_token")
+        .expect("refresh cookie");
+    let mut r = svc.redis().await;
+    assert_eq!(
+        dify_refresh(&mut r, "", &refresh, 60).await,
+        Err("Invalid refresh token".into()),
+        "the key is not written unprefixed"
+    );
+    let (account, _) = dify_refresh(&mut r, &prefix, &refresh, 60)
+        .await
+        .expect("Dify with the same REDIS_KEY_PREFIX refreshes the session");
+    let id: Uuid = db
+        .client
+        .query_one(
+            "SELECT id FROM accounts WHERE email = 'rey@example.com'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(account, id.to_string());
 }

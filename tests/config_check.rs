@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::process::Output;
 use support::*;
 
@@ -180,4 +181,126 @@ fn version_and_help() {
     for flag in ["-c", "--config", "-t"] {
         assert!(help.contains(flag), "--help should mention {flag}: {help}");
     }
+}
+
+/// An `sso.minter: builtin` configuration with `provisioning` lines and `dify` lines added.
+fn builtin(provisioning: &str, dify: &str) -> String {
+    format!(
+        "sso:\n  protocol: cas\n  state_secret: state-secret-0123456789abcdef-cfg\n  cas:\n    server: https://cas.example.com/cas\n  minter: builtin\n  provisioning:\n    workspace_id: 7d5e1c2a-0000-4000-8000-00000000beef\n{provisioning}\
+         dify:\n  secret_key: sk-config-check\n  database_url: postgresql://db/dify\n  redis_url: redis://127.0.0.1:6379/0\n{dify}"
+    )
+}
+
+/// `-t --offline` on `yaml` with `env` set (and Dify's own variables unset otherwise).
+fn check_offline(yaml: &str, env: &[(&str, &str)]) -> (Output, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["-t", "--offline", "-c", path_str(&path)])
+        .stdin(std::process::Stdio::null())
+        .env_remove("RUST_LOG")
+        .env_remove("REDIS_KEY_PREFIX")
+        .env_remove("DATASET_OPERATOR_ENABLED");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (cmd.output().unwrap(), path, dir)
+}
+
+#[test]
+fn provisioning_values_dify_cannot_handle_are_refused_with_their_line() {
+    let yaml = builtin(
+        "    timezone: Mars/Olympus_Mons\n    interface_language: en\n    default_role: owner\n    role_map:\n      staff: superuser\n",
+        "",
+    );
+    let (out, path, _dir) = check_offline(&yaml, &[]);
+    let file = path_str(&path);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let errors = error_lines(&out, file);
+    let expect = [
+        (
+            9,
+            "sso.provisioning.timezone: expected an IANA time zone name such as UTC, Europe/Berlin or Asia/Shanghai, got \"Mars/Olympus_Mons\"",
+        ),
+        (
+            10,
+            "sso.provisioning.interface_language: expected one of Dify's interface languages (en-US, zh-Hans,",
+        ),
+        (
+            11,
+            "sso.provisioning.default_role: owner is never given by the gateway",
+        ),
+        (
+            13,
+            "sso.provisioning.role_map.staff: expected normal, editor or admin, got \"superuser\"",
+        ),
+    ];
+    for (line, text) in expect {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&format!("{file}:{line}: {text}"))),
+            "no {line}: {text} in\n{}",
+            errors.join("\n")
+        );
+    }
+    assert_eq!(errors.len(), 4, "{}", errors.join("\n"));
+    // Dify's own spellings pass.
+    let yaml = builtin(
+        "    timezone: America/Sao_Paulo\n    interface_language: pt-BR\n    default_role: editor\n",
+        "",
+    );
+    let (out, _, _dir) = check_offline(&yaml, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn dataset_operator_needs_dify_s_dataset_operator_enabled() {
+    let yaml = builtin("    role_map: {analysts: dataset_operator}\n", "");
+    let (out, path, _dir) = check_offline(&yaml, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let errors = error_lines(&out, path_str(&path));
+    assert_eq!(errors.len(), 1, "{}", stderr(&out));
+    assert!(
+        errors[0].starts_with(&format!(
+            "{}:9: sso.provisioning.role_map.analysts: dataset_operator is given only when Dify runs with DATASET_OPERATOR_ENABLED=true",
+            path_str(&path)
+        )) && errors[0].contains("dify.dataset_operator_enabled: true"),
+        "{}",
+        errors[0]
+    );
+    let yaml = builtin("    default_role: dataset_operator\n", "");
+    let (out, _, _dir) = check_offline(&yaml, &[]);
+    assert!(stderr(&out).contains("sso.provisioning.default_role: dataset_operator is given only"));
+    // Allowed by the file, or by Dify's own variable in the environment.
+    let (out, _, _dir) = check_offline(
+        &builtin(
+            "    role_map: {analysts: dataset_operator}\n",
+            "  dataset_operator_enabled: true\n",
+        ),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (out, _, _dir) = check_offline(
+        &builtin("    role_map: {analysts: dataset_operator}\n", ""),
+        &[("DATASET_OPERATOR_ENABLED", "true")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The file's false wins over the environment; a value Dify would not read is named.
+    let (out, _, _dir) = check_offline(
+        &builtin(
+            "    role_map: {analysts: dataset_operator}\n",
+            "  dataset_operator_enabled: false\n",
+        ),
+        &[("DATASET_OPERATOR_ENABLED", "true")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let (out, _, _dir) = check_offline(&builtin("", ""), &[("DATASET_OPERATOR_ENABLED", "sure")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("dify.dataset_operator_enabled: the environment variable DATASET_OPERATOR_ENABLED is \"sure\""),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -243,10 +243,13 @@ async fn a_state_is_redeemed_once_across_replicas_sharing_redis() {
     }
     // A key prefix of its own, so parallel runs do not meet in the shared Redis.
     let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
-    let setup = SsoSetup::default()
+    // Over HTTPS, where the state cookie comes back on the SSO's POST (over plain HTTP the
+    // browser withholds it and the SSO token's own single use is what stops a replay).
+    let mut setup = SsoSetup::default()
         .sso("store: redis")
         .dify_line(&format!("redis_url: {}", yq(&services.redis_url)))
         .dify_line(&format!("redis_key_prefix: {}", yq(&prefix)));
+    setup.trusted_proxies = vec!["127.0.0.1/32".into()];
     let a = gateway_for(&sso, &dify, &setup, Gateway::builder())
         .start()
         .await;
@@ -254,15 +257,16 @@ async fn a_state_is_redeemed_once_across_replicas_sharing_redis() {
         .start()
         .await;
     let mut br = Browser::new();
-    br.map("dify.test:80", a.listen);
-    let first = br.get("http://dify.test/signin").await;
+    br.map("dify.test:443", a.listen);
+    br.extra_header("dify.test:443", "x-forwarded-proto", "https");
+    let first = br.get("https://dify.test/signin").await;
     let sso_page = br.follow(first, 2).await;
     let form = sso_page.form("signin-alice").unwrap();
     let cb = br.submit_form(&form, &sso_page.url).await;
     assert_eq!(cb.status, 303, "{}", cb.body);
     let calls = sso.calls().len();
     // The same callback, state cookie and all, replayed at replica B.
-    br.map("dify.test:80", b.listen);
+    br.map("dify.test:443", b.listen);
     let again = br.submit_form(&form, &sso_page.url).await;
     assert_error_page(&again, 400, REFUSED);
     assert_eq!(

@@ -70,3 +70,47 @@ async fn redis_keeps_a_state_once_for_every_replica_with_its_expiry() {
     let gone = RedisStates::new(redis::Client::open(dead.as_str()).unwrap(), prefix);
     assert!(gone.consume(state, TTL).await.is_err());
 }
+
+/// `sso.store: redis` with a Redis that does not answer: `-t` and start-up both refuse, with the
+/// same reason, instead of a gateway whose every sign-in then fails.
+#[test]
+fn a_redis_store_that_cannot_be_reached_stops_check_and_start() {
+    let dead = format!("redis://{}/0", support::dead_addr());
+    let yaml = format!(
+        "server:\n  listen: [\"{}\"]\n  admin_listen: \"{}\"\n\
+         sso:\n  login_url: \"http://sso.invalid/login?ret={{callback_url}}\"\n  \
+         exchange:\n    url: \"http://127.0.0.1:9/x\"\n  store: redis\n\
+         dify:\n  secret_key: \"used-states-test-secret-key-0123456789\"\n  redis_url: {}\n",
+        support::free_addr(),
+        support::free_addr(),
+        support::yq(&dead)
+    );
+    let (out, path, _dir) = support::check_config(&yaml);
+    let all = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let stderr = all
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "dify-gateway: sso.store: redis cannot keep used sign-in states: dify.redis_url:",
+            )
+        })
+        .unwrap_or_else(|| panic!("no reason in {all}"));
+    let started = support::run_cli(&["-c", support::path_str(&path)]);
+    assert_eq!(started.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&started.stderr).contains(stderr.trim()),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    // --offline says what it did not check.
+    let offline = support::run_cli(&["-t", "--offline", "-c", support::path_str(&path)]);
+    assert_eq!(offline.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&offline.stdout).contains(
+            "skipped (--offline): connecting to Dify's Redis (dify.redis_url) for sso.store"
+        ),
+        "{}",
+        String::from_utf8_lossy(&offline.stdout)
+    );
+}

@@ -340,6 +340,7 @@ impl Config {
                 Backends(value.split(',').map(|s| s.trim().to_string()).collect())
             });
         }
+        self.dify.fill_from_env(env);
         self.sso = SsoConfig::resolve(self.sso.take(), &mut self.dify, env);
     }
 

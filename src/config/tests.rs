@@ -119,3 +119,41 @@ fn host_port_forms() {
     assert!(split_host_port("api:0").is_err());
     assert!(split_host_port("http://api:5001").is_err());
 }
+
+#[test]
+fn dify_redis_key_prefix_and_dataset_operator_default_from_dify_s_variables() {
+    let dify_env = |name: &str| match name {
+        "REDIS_KEY_PREFIX" => Some("tenant-a".to_string()),
+        "DATASET_OPERATOR_ENABLED" => Some("true".to_string()),
+        _ => None,
+    };
+    let c = Config::from_text("", "test.yaml", dify_env).unwrap();
+    assert_eq!(
+        c.dify.redis_key("refresh_token:t"),
+        "tenant-a:refresh_token:t"
+    );
+    assert!(c.dify.dataset_operator_enabled());
+    let c = Config::from_text(
+        "dify:\n  redis_key_prefix: \"\"\n  dataset_operator_enabled: false\n",
+        "test.yaml",
+        dify_env,
+    )
+    .unwrap();
+    assert_eq!(c.dify.redis_key("k"), "k", "the file wins");
+    assert!(!c.dify.dataset_operator_enabled());
+    let c = load("dify:\n  redis_key_prefix: ~\n  dataset_operator_enabled: ~\n").unwrap();
+    assert_eq!(c.dify.redis_key("k"), "k");
+    assert!(!c.dify.dataset_operator_enabled());
+    let errors = load("dify:\n  dataset_operator_enabled: maybe\n").unwrap_err();
+    assert_eq!(errors[0].field, "dify.dataset_operator_enabled");
+    assert_eq!(errors[0].line, Some(2));
+}
+
+#[test]
+fn the_example_configuration_loads() {
+    let text = include_str!("../../conf/dify-gateway.example.yaml");
+    let c = Config::from_text(text, "dify-gateway.example.yaml", |_| None)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(c.dify.redis_key("k"), "k");
+    assert!(!c.dify.dataset_operator_enabled());
+}

@@ -3,6 +3,7 @@
 //! mints sessions itself reuses it.
 
 pub mod cookies;
+pub mod pg_tls;
 pub mod provisioning;
 pub mod redirect;
 pub mod redis_conn;
@@ -52,6 +53,17 @@ pub struct DifyConfig {
     pub database_url: Secret,
     pub redis_url: Secret,
     pub redis_password: Secret,
+    /// Dify's `REDIS_KEY_PREFIX` (Dify >= 1.14): every key Dify reads is `<prefix>:<key>`, so every
+    /// key the gateway reads or writes is too ([`DifyConfig::redis_key`]). Unset: the environment
+    /// variable `REDIS_KEY_PREFIX`, else none.
+    pub redis_key_prefix: Option<String>,
+    /// Dify's `DATASET_OPERATOR_ENABLED`: Dify's own invitations and role changes give the role
+    /// `dataset_operator` only when it is on, so `sso.provisioning` may only then. Unset: the
+    /// environment variable `DATASET_OPERATOR_ENABLED`, else off.
+    pub dataset_operator_enabled: Option<bool>,
+    /// Environment values that could not be used, reported by [`DifyConfig::validate`].
+    #[serde(skip)]
+    pub env_issues: Vec<Issue>,
 }
 
 impl Default for DifyConfig {
@@ -68,7 +80,31 @@ impl Default for DifyConfig {
             database_url: Secret::default(),
             redis_url: Secret::default(),
             redis_password: Secret::default(),
+            redis_key_prefix: None,
+            dataset_operator_enabled: None,
+            env_issues: Vec::new(),
         }
+    }
+}
+
+/// Dify's `serialize_redis_name` (api/extensions/redis_names.py): the prefix is stripped of
+/// surrounding white space; an empty one leaves the key alone; otherwise `<prefix>:<key>`, with
+/// the colon added even when the prefix already ends in one (`dify:` gives `dify::key`).
+pub(crate) fn prefixed_redis_key(prefix: &str, key: &str) -> String {
+    let prefix = prefix.trim();
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}:{key}")
+    }
+}
+
+/// Truthy and falsy spellings of a boolean as Dify's settings (pydantic) read them.
+fn parse_env_bool(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "t" | "yes" | "y" | "on" => Some(true),
+        "0" | "false" | "f" | "no" | "n" | "off" => Some(false),
+        _ => None,
     }
 }
 
@@ -87,9 +123,35 @@ impl DifyConfig {
             .unwrap_or(DEFAULT_HOME)
     }
 
-    /// A Redis key as Dify names it (placeholder until the key prefix lands).
+    /// The name under which Dify keeps `key` in Redis: `dify.redis_key_prefix` applied as Dify
+    /// applies `REDIS_KEY_PREFIX`. Every key the gateway reads or writes goes through this.
     pub fn redis_key(&self, key: &str) -> String {
-        key.to_string()
+        prefixed_redis_key(self.redis_key_prefix.as_deref().unwrap_or(""), key)
+    }
+
+    /// Whether `dataset_operator` may be given (Dify's `DATASET_OPERATOR_ENABLED`).
+    pub fn dataset_operator_enabled(&self) -> bool {
+        self.dataset_operator_enabled.unwrap_or(false)
+    }
+
+    /// Values the file left unset, from the environment Dify itself is configured with.
+    pub fn fill_from_env(&mut self, env: &impl Fn(&str) -> Option<String>) {
+        if self.redis_key_prefix.is_none() {
+            self.redis_key_prefix = env("REDIS_KEY_PREFIX");
+        }
+        if self.dataset_operator_enabled.is_none()
+            && let Some(v) = env("DATASET_OPERATOR_ENABLED").filter(|v| !v.trim().is_empty())
+        {
+            match parse_env_bool(&v) {
+                Some(b) => self.dataset_operator_enabled = Some(b),
+                None => self.env_issues.push(Issue::new(
+                    "dify.dataset_operator_enabled",
+                    format!(
+                        "the environment variable DATASET_OPERATOR_ENABLED is {v:?}; expected true or false (as for Dify)"
+                    ),
+                )),
+            }
+        }
     }
 
     /// The key, when one is configured (an empty string means none).
@@ -98,6 +160,15 @@ impl DifyConfig {
     }
 
     pub fn validate(&self, issues: &mut Vec<Issue>) {
+        issues.extend(self.env_issues.iter().cloned());
+        if let Some(p) = &self.redis_key_prefix
+            && p.chars().any(char::is_control)
+        {
+            issues.push(Issue::new(
+                "dify.redis_key_prefix",
+                "expected Dify's REDIS_KEY_PREFIX, text without control characters",
+            ));
+        }
         let home = self.home();
         if !(home.starts_with('/') && !home.starts_with("//") || is_http_url(home)) {
             issues.push(Issue::new(
@@ -196,6 +267,56 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(issues_of(&protocol_relative).len(), 1);
+    }
+
+    #[test]
+    fn redis_keys_are_prefixed_exactly_as_dify_prefixes_them() {
+        let with = |p: Option<&str>| DifyConfig {
+            redis_key_prefix: p.map(str::to_string),
+            ..Default::default()
+        };
+        assert_eq!(with(None).redis_key("refresh_token:t"), "refresh_token:t");
+        assert_eq!(
+            with(Some("")).redis_key("refresh_token:t"),
+            "refresh_token:t"
+        );
+        assert_eq!(with(Some("  ")).redis_key("k"), "k");
+        assert_eq!(
+            with(Some("dify")).redis_key("refresh_token:t"),
+            "dify:refresh_token:t"
+        );
+        assert_eq!(with(Some(" dify ")).redis_key("k"), "dify:k");
+        assert_eq!(with(Some("dify:")).redis_key("k"), "dify::k");
+    }
+
+    #[test]
+    fn prefix_and_dataset_operator_come_from_the_environment_unless_set() {
+        let env = |k: &str| match k {
+            "REDIS_KEY_PREFIX" => Some("tenant-a".to_string()),
+            "DATASET_OPERATOR_ENABLED" => Some("True".to_string()),
+            _ => None,
+        };
+        let mut c = DifyConfig::default();
+        c.fill_from_env(&env);
+        assert_eq!(c.redis_key("k"), "tenant-a:k");
+        assert!(c.dataset_operator_enabled());
+        let mut c = DifyConfig {
+            redis_key_prefix: Some(String::new()),
+            dataset_operator_enabled: Some(false),
+            ..Default::default()
+        };
+        c.fill_from_env(&env);
+        assert_eq!(c.redis_key("k"), "k", "the file's empty prefix wins");
+        assert!(!c.dataset_operator_enabled());
+        let mut c = DifyConfig::default();
+        c.fill_from_env(&|k: &str| (k == "DATASET_OPERATOR_ENABLED").then(|| "maybe".to_string()));
+        let issues = issues_of(&c);
+        assert_eq!(issues[0].field, "dify.dataset_operator_enabled");
+        assert!(
+            issues[0].message.contains("\"maybe\""),
+            "{}",
+            issues[0].message
+        );
     }
 
     #[test]

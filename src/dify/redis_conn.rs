@@ -6,6 +6,32 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
+/// `dify.redis_url` with `dify.redis_password` put in when given: a `redis://` (or `rediss://`
+/// for TLS) URL as the `redis` crate reads it, `redis://[:password@]host:port/db`.
+pub fn client(url: &str, password: Option<&str>) -> Result<redis::Client, String> {
+    let mut parsed = url::Url::parse(url).map_err(|e| {
+        format!("expected a Redis URL such as redis://:password@redis:6379/0 ({e})")
+    })?;
+    if !matches!(parsed.scheme(), "redis" | "rediss") {
+        return Err(format!(
+            "expected a redis:// or rediss:// URL, got scheme {:?}",
+            parsed.scheme()
+        ));
+    }
+    if let Some(pw) = password.filter(|p| !p.is_empty()) {
+        parsed
+            .set_password(Some(pw))
+            .map_err(|()| "cannot put dify.redis_password into dify.redis_url".to_string())?;
+    }
+    redis::Client::open(parsed.as_str()).map_err(|e| format!("not a usable Redis URL ({e})"))
+}
+
+/// The client for Dify's Redis as configured (`dify.redis_url`, `dify.redis_password`).
+pub fn dify_client(dify: &super::DifyConfig) -> Result<redis::Client, String> {
+    client(dify.redis_url.expose(), Some(dify.redis_password.expose()))
+        .map_err(|e| format!("dify.redis_url: {e}"))
+}
+
 fn manager_config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(3)))

@@ -15,6 +15,7 @@
 //! one user are serialized with a transaction-scoped advisory lock on the lower-cased email (and
 //! on the provider's subject when linking), then find-or-create runs under it.
 
+use super::pg_tls::{Check, TlsSettings};
 use super::provisioning::Provisioning;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::future::Future;
@@ -146,39 +147,68 @@ pub struct DifyStore {
     pool: Pool,
 }
 
-/// The TLS connector: rustls with the webpki roots. `sslmode` in the URL decides whether it is
-/// used (`prefer`, the default, falls back to plain TCP; `require` insists; `disable` never).
-fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+/// `dify.database_url` ready to connect: tokio-postgres's settings and the TLS connector that
+/// gives its `sslmode` libpq's meaning ([`super::pg_tls`]).
+#[derive(Clone)]
+pub struct Database {
+    pub config: tokio_postgres::Config,
+    pub tls: tokio_postgres_rustls::MakeRustlsConnect,
+    pub settings: TlsSettings,
 }
 
-/// Parses `dify.database_url` (a `postgresql://` URL or `key=value` pairs).
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+impl Database {
+    /// A connection failure, with what the `sslmode` in force checks when the certificate was the
+    /// reason.
+    pub fn explain(&self, e: &tokio_postgres::Error) -> String {
+        let text = describe_pg(e);
+        if !text.contains("invalid peer certificate") {
+            return text;
+        }
+        let what = match self.settings.check() {
+            Check::Full => {
+                "checks the server's certificate chain against sslrootcert (the public web roots without one) and its host name"
+            }
+            Check::Chain => {
+                "checks the server's certificate chain against sslrootcert (the public web roots without one)"
+            }
+            Check::None => "checks no certificate",
+        };
+        format!(
+            "{text}; sslmode={} {what} (see docs/builtin-minter.md)",
+            self.settings.mode.name()
+        )
+    }
+}
+
+/// Parses `dify.database_url` (a `postgresql://` URL or `key=value` pairs) and reads its
+/// `sslrootcert`.
+pub fn parse_url(url: &str) -> Result<Database, String> {
+    let (rest, settings) = super::pg_tls::split_tls(url)?;
+    let mut config: tokio_postgres::Config = rest.parse().map_err(|e| {
         format!("expected a PostgreSQL URL such as postgresql://user:password@db:5432/dify ({e})")
     })?;
+    config.ssl_mode(settings.postgres_mode());
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
     if config.get_application_name().is_none() {
         config.application_name("dify-gateway");
     }
-    Ok(config)
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(settings.client_config()?);
+    Ok(Database {
+        config,
+        tls,
+        settings,
+    })
 }
 
 impl DifyStore {
     /// Builds the pool; connects on first use (safe outside a runtime).
     pub fn new(url: &str, max_connections: usize) -> Result<DifyStore, String> {
-        let config = parse_url(url)?;
+        let db = parse_url(url)?;
         let manager = Manager::from_config(
-            config,
-            tls(),
+            db.config,
+            db.tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -427,11 +457,11 @@ impl DifyStore {
 /// Startup check: the tables and columns exist with Dify's types, and the workspace exists.
 /// Opens its own connection (not the pool), so it can run in a throwaway runtime.
 pub async fn check_database(url: &str, prov: &Provisioning) -> Result<String, String> {
-    let config = parse_url(url).map_err(|e| format!("dify.database_url: {e}"))?;
-    let (client, connection) = config.connect(tls()).await.map_err(|e| {
+    let db = parse_url(url).map_err(|e| format!("dify.database_url: {e}"))?;
+    let (client, connection) = db.config.connect(db.tls.clone()).await.map_err(|e| {
         format!(
             "dify.database_url: cannot connect to Dify's database ({})",
-            describe_pg(&e)
+            db.explain(&e)
         )
     })?;
     let driver = tokio::spawn(connection);

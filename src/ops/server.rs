@@ -99,3 +99,10 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
     ));
     Ok(server)
 }
+
+/// Loads the TLS listener's certificate and key as Pingora will at start-up (for `-t`).
+pub fn check_tls_files(cert: &str, key: &str) -> Result<(), String> {
+    pingora::listeners::tls::TlsSettings::intermediate(cert, key)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}

@@ -9,7 +9,7 @@ use super::failure::SsoFailure;
 use super::minter::{MintContext, Minter};
 use super::protocol::Identity;
 use crate::dify::provisioning::Provisioning;
-use crate::dify::refresh_tokens::{self, RefreshTokens};
+use crate::dify::refresh_tokens::RefreshTokens;
 use crate::dify::store::{DifyStore, SignInRequest, StoreError};
 use crate::dify::tokens::{mint_access_token, new_refresh_token};
 use crate::dify::{DifyConfig, DifySession};
@@ -39,8 +39,11 @@ impl BuiltinMinter {
         Ok(BuiltinMinter {
             store: DifyStore::new(dify.database_url.expose(), POOL_SIZE)
                 .map_err(|e| format!("dify.database_url: {e}"))?,
-            refresh: RefreshTokens::new(redis_client(dify)?),
-            provisioning: sso.provisioning.resolve()?,
+            refresh: RefreshTokens::new(
+                crate::dify::redis_conn::dify_client(dify)?,
+                key_prefix(dify),
+            ),
+            provisioning: sso.provisioning.resolve(dify.dataset_operator_enabled())?,
             secret,
             access_ttl: Duration::from_secs(dify.access_token_expire_minutes.saturating_mul(60)),
             refresh_ttl: refresh_ttl(dify),
@@ -48,9 +51,9 @@ impl BuiltinMinter {
     }
 }
 
-fn redis_client(dify: &DifyConfig) -> Result<redis::Client, String> {
-    refresh_tokens::client(dify.redis_url.expose(), Some(dify.redis_password.expose()))
-        .map_err(|e| format!("dify.redis_url: {e}"))
+/// What [`DifyConfig::redis_key`] puts before every key.
+fn key_prefix(dify: &DifyConfig) -> &str {
+    dify.redis_key_prefix.as_deref().unwrap_or("")
 }
 
 /// Dify's `REFRESH_TOKEN_EXPIRY`: `timedelta(days=REFRESH_TOKEN_EXPIRE_DAYS)`.
@@ -151,9 +154,12 @@ impl Minter for BuiltinMinter {
 /// The startup check of `sso.minter: builtin`: Dify's tables and columns, the workspace, Redis.
 /// Returns a one-line summary, or the precise problem.
 pub async fn preflight(sso: &SsoConfig, dify: &DifyConfig) -> Result<String, String> {
-    let prov = sso.provisioning.resolve()?;
+    let prov = sso.provisioning.resolve(dify.dataset_operator_enabled())?;
     let workspace = crate::dify::store::check_database(dify.database_url.expose(), &prov).await?;
-    let redis = RefreshTokens::new(redis_client(dify)?);
+    let redis = RefreshTokens::new(
+        crate::dify::redis_conn::dify_client(dify)?,
+        key_prefix(dify),
+    );
     tokio::time::timeout(Duration::from_secs(10), redis.ping())
         .await
         .map_err(|_| "dify.redis_url: Redis did not answer within 10s".to_string())?

@@ -434,7 +434,8 @@ impl SsoConfig {
     fn validate_minter(&self, dify: &DifyConfig, bad: &mut impl FnMut(&str, String)) {
         match self.minter {
             MinterKind::Builtin => {
-                self.provisioning.validate(bad);
+                self.provisioning
+                    .validate(dify.dataset_operator_enabled(), bad);
                 if dify.database_url.is_empty() {
                     bad("dify.database_url", "expected Dify's PostgreSQL for sso.minter: builtin, e.g. postgresql://postgres:difyai123456@db:5432/dify".into());
                 } else if let Err(e) = crate::dify::store::parse_url(dify.database_url.expose()) {
@@ -442,7 +443,7 @@ impl SsoConfig {
                 }
                 if dify.redis_url.is_empty() {
                     bad("dify.redis_url", "expected Dify's Redis for sso.minter: builtin, e.g. redis://:difyai123456@redis:6379/0".into());
-                } else if let Err(e) = crate::dify::refresh_tokens::client(
+                } else if let Err(e) = crate::dify::redis_conn::client(
                     dify.redis_url.expose(),
                     Some(dify.redis_password.expose()),
                 ) {

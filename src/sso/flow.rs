@@ -103,11 +103,7 @@ impl SsoFlow {
             );
         }
         let used_states: Box<dyn UsedStates> = if sso.store_in_redis(dify) {
-            let client = crate::dify::refresh_tokens::client(
-                dify.redis_url.expose(),
-                Some(dify.redis_password.expose()),
-            )
-            .map_err(|e| format!("dify.redis_url: {e}"))?;
+            let client = crate::dify::redis_conn::dify_client(dify)?;
             Box::new(RedisStates::new(client, dify.redis_key(USED_STATE_KEY)))
         } else {
             Box::new(MemoryStates::default())

@@ -118,3 +118,26 @@ impl UsedStates for RedisStates {
         "redis"
     }
 }
+
+/// The start-up check of `sso.store` in Redis: Dify's Redis answers. Ok(None) when used states
+/// are kept in memory. Runs on a small runtime of its own (before Pingora starts its threads).
+pub fn preflight_blocking(
+    sso: Option<&super::SsoConfig>,
+    dify: &crate::dify::DifyConfig,
+) -> Result<Option<String>, String> {
+    let Some(_) = sso.filter(|s| s.is_enabled() && s.store_in_redis(dify)) else {
+        return Ok(None);
+    };
+    let redis = LazyRedis::new(crate::dify::redis_conn::dify_client(dify)?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the startup check: {e}"))?;
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), redis.ping())
+            .await
+            .map_err(|_| "dify.redis_url: Redis did not answer within 10s".to_string())?
+            .map_err(|e| format!("dify.redis_url: {e}"))
+    })?;
+    Ok(Some("Redis answers".into()))
+}

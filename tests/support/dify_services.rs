@@ -23,6 +23,8 @@ pub struct Services {
     /// The server's `postgres` database (for CREATE DATABASE).
     pub pg_admin_url: String,
     pub redis_url: String,
+    /// The CA that signed the PostgreSQL server's certificate (the server runs with `ssl = on`).
+    pub pg_ca: String,
 }
 
 fn root() -> PathBuf {
@@ -39,6 +41,9 @@ fn read_env_file() -> Option<Services> {
     Some(Services {
         pg_admin_url: get("DIFY_TEST_PG_URL")?,
         redis_url: get("DIFY_TEST_REDIS_URL")?,
+        // An env file without it is from services started before PostgreSQL ran with TLS:
+        // scripts/test-services restarts them.
+        pg_ca: get("DIFY_TEST_PG_CA")?,
     })
 }
 
@@ -229,16 +234,28 @@ impl Drop for Relay {
     }
 }
 
-/// Dify's `AccountService.refresh_token`, against the same Redis keys: look up
-/// `refresh_token:<t>`, then rotate both keys (delete the old pair, store a new pair with the
-/// same TTL). Returns (account id, new refresh token), or Dify's error text.
+/// Dify's `serialize_redis_name` (api/extensions/redis_names.py), which its Redis client applies
+/// to every key: `REDIS_KEY_PREFIX` stripped; empty: the key as it is; else `<prefix>:<key>`.
+pub fn dify_redis_name(prefix: &str, key: &str) -> String {
+    match prefix.trim() {
+        "" => key.to_string(),
+        p => format!("{p}:{key}"),
+    }
+}
+
+/// Dify's `AccountService.refresh_token`, against the same Redis keys, as a Dify with
+/// `REDIS_KEY_PREFIX=prefix` names them: look up `refresh_token:<t>`, then rotate both keys
+/// (delete the old pair, store a new pair with the same TTL). Returns (account id, new refresh
+/// token), or Dify's error text.
 pub async fn dify_refresh(
     redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
     refresh_token: &str,
     ttl_secs: u64,
 ) -> Result<(String, String), String> {
+    let key = |k: String| dify_redis_name(prefix, &k);
     let account_id: Option<String> = redis::cmd("GET")
-        .arg(format!("refresh_token:{refresh_token}"))
+        .arg(key(format!("refresh_token:{refresh_token}")))
         .query_async(redis)
         .await
         .unwrap();
@@ -252,24 +269,24 @@ pub async fn dify_refresh(
     };
     // _delete_refresh_token(old, account.id) then _store_refresh_token(new, account.id)
     let _: () = redis::cmd("DEL")
-        .arg(format!("refresh_token:{refresh_token}"))
+        .arg(key(format!("refresh_token:{refresh_token}")))
         .query_async(redis)
         .await
         .unwrap();
     let _: () = redis::cmd("DEL")
-        .arg(format!("account_refresh_token:{account_id}"))
+        .arg(key(format!("account_refresh_token:{account_id}")))
         .query_async(redis)
         .await
         .unwrap();
     let _: () = redis::cmd("SETEX")
-        .arg(format!("refresh_token:{new_token}"))
+        .arg(key(format!("refresh_token:{new_token}")))
         .arg(ttl_secs)
         .arg(&account_id)
         .query_async(redis)
         .await
         .unwrap();
     let _: () = redis::cmd("SETEX")
-        .arg(format!("account_refresh_token:{account_id}"))
+        .arg(key(format!("account_refresh_token:{account_id}")))
         .arg(ttl_secs)
         .arg(&new_token)
         .query_async(redis)
