@@ -626,11 +626,30 @@ async fn oidc_state_is_bound_to_this_browser_before_anything_is_redeemed() {
         .await;
     assert_error_page(&page, 400, BAD_STATE);
     assert_eq!(rp.op.token_calls(), 0);
-    // Single use: a replayed callback is refused before the provider is asked again.
-    let mut done = rp.sign_in().await.lands_signed_in(&rp).await;
-    let replay = done.browser.get(&done.callback_url).await;
-    assert_error_page(&replay, 400, BAD_STATE);
+    // Single use: a replayed callback is refused before the provider is asked again, also with
+    // the per-flow cookie put back (as one who copied it would).
+    let mut b = Browser::new();
+    let cb = rp.to_callback(&mut b).await;
+    let site = rp.url("/");
+    let saved: Vec<(String, String)> = b
+        .cookie_names(&site)
+        .into_iter()
+        .filter(|n| n.starts_with("dg_sso_f_"))
+        .map(|n| (n.clone(), b.cookie(&site, &n).unwrap()))
+        .collect();
+    assert_eq!(saved.len(), 1, "one per-flow cookie");
+    let from = rp.op.url("/authorize");
+    let first = b.request("GET", &cb, None, Some(&from), &[]).await;
+    assert_eq!(first.status, 303, "{}", first.body);
+    for replay_with_cookie in [false, true] {
+        if replay_with_cookie {
+            b.set_cookie_raw(&site, &saved[0].0, &saved[0].1);
+        }
+        let replay = b.request("GET", &cb, None, Some(&from), &[]).await;
+        assert_error_page(&replay, 400, BAD_STATE);
+    }
     assert_eq!(rp.op.token_calls(), 1);
+    assert_eq!(rp.identity.calls().len(), 1);
 }
 
 #[tokio::test]
