@@ -18,22 +18,6 @@ use tokio::net::TcpListener;
 pub const CLIENT_ID: &str = "dify-gateway";
 pub const CLIENT_SECRET: &str = "client-secret-for-tests";
 
-/// How the next ID token is signed.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Signing {
-    Rsa1,
-    Rsa2,
-    Ec1,
-    /// `alg: none`, no signature.
-    None,
-    /// HS256 keyed with RSA key 1's public key (the classic key-confusion attack).
-    HsWithPublicKey,
-    /// RS256 with a 1024-bit RSA key, kid "rsa-weak".
-    RsaWeak,
-    /// HS256 keyed with the client secret (what a provider using HS* signatures sends).
-    HsWithClientSecret,
-}
-
 #[derive(Clone)]
 struct Grant {
     nonce: Option<String>,
@@ -43,21 +27,6 @@ struct Grant {
 
 pub struct IdpState {
     pub base: String,
-    /// Kids published in the JWKS: any of "rsa1", "rsa2", "ec1", "rsa-weak".
-    pub published: Vec<&'static str>,
-    /// Fields merged into a published key (by kid), e.g. `use: enc` or another `crv`.
-    pub jwk_edits: HashMap<&'static str, serde_json::Map<String, Value>>,
-    pub signing: Signing,
-    /// Merged into the next ID tokens' JOSE header (`crit`, `jku`, `jwk`, `kid`, ...).
-    pub header: serde_json::Map<String, Value>,
-    /// Merged into the discovery document (null removes a field).
-    pub discovery: serde_json::Map<String, Value>,
-    /// Merged into the OIDC token answer (null removes a field).
-    pub token_answer: serde_json::Map<String, Value>,
-    /// Merged into the GitHub-shaped OAuth2 token answer (null removes a field).
-    pub oauth2_token_answer: serde_json::Map<String, Value>,
-    /// Requests to `/attacker/...` (URLs put in `jku` / `x5u` headers: must never be fetched).
-    pub attacker_calls: usize,
     /// Merged into the next ID tokens' claims (null removes a claim).
     pub claims: serde_json::Map<String, Value>,
     /// Answer of the identity endpoint: status and body.
@@ -68,10 +37,7 @@ pub struct IdpState {
     pub cas_user: String,
     pub cas_attributes: Vec<(String, String)>,
     pub token_calls: usize,
-    pub jwks_calls: usize,
     pub validate_calls: usize,
-    pub userinfo_calls: usize,
-    pub jwks_down: bool,
     codes: HashMap<String, Grant>,
     tickets: HashMap<String, String>,
 }
@@ -97,110 +63,29 @@ fn query_pairs(target: &str) -> HashMap<String, String> {
     form_urlencoded::parse(q.as_bytes()).into_owned().collect()
 }
 
-/// The public JWK of a test key, with its kid, alg and `use: sig`.
-pub fn jwk(kid: &str) -> Value {
-    let (body, alg) = match kid {
-        "rsa1" => (RSA1_JWK, "RS256"),
-        "rsa2" => (RSA2_JWK, "RS256"),
-        "rsa-weak" => (RSA_WEAK_JWK, "RS256"),
-        _ => (EC1_JWK, "ES256"),
-    };
-    let mut v: Value = serde_json::from_str(&format!("{{{body}}}")).unwrap();
-    v["kid"] = kid.into();
-    v["alg"] = alg.into();
+/// The public JWK of the signing key (`rsa1`), with its kid, alg and `use: sig`.
+fn jwk() -> Value {
+    let mut v: Value = serde_json::from_str(&format!("{{{RSA1_JWK}}}")).unwrap();
+    v["kid"] = "rsa1".into();
+    v["alg"] = "RS256".into();
     v["use"] = "sig".into();
     v
 }
 
-/// `base` with `edits` merged in (a null value removes the field).
-fn merged(mut base: Value, edits: &serde_json::Map<String, Value>) -> Value {
-    if let Some(o) = base.as_object_mut() {
-        for (k, v) in edits {
-            if v.is_null() {
-                o.remove(k);
-            } else {
-                o.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    base
-}
-
-fn der(b64: &str) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap()
-}
-
-/// A compact JWS of `claims`, signed as `signing` says, with `header` merged into the JOSE
-/// header (so a test can add `crit`, `jku`, `jwk` or change `kid` while keeping a valid signature).
-pub fn sign(signing: Signing, claims: &Value, header: &serde_json::Map<String, Value>) -> String {
-    let (alg, kid, key) = match signing {
-        Signing::Rsa1 => (
-            Algorithm::RS256,
-            "rsa1",
-            EncodingKey::from_rsa_der(&der(RSA1_DER_B64)),
-        ),
-        Signing::Rsa2 => (
-            Algorithm::RS256,
-            "rsa2",
-            EncodingKey::from_rsa_der(&der(RSA2_DER_B64)),
-        ),
-        Signing::RsaWeak => (
-            Algorithm::RS256,
-            "rsa-weak",
-            EncodingKey::from_rsa_der(&der(RSA_WEAK_DER_B64)),
-        ),
-        Signing::Ec1 => (
-            Algorithm::ES256,
-            "ec1",
-            EncodingKey::from_ec_der(&der(EC1_DER_B64)),
-        ),
-        Signing::HsWithPublicKey => (
-            Algorithm::HS256,
-            "rsa1",
-            EncodingKey::from_secret(RSA1_PUBLIC_PEM.as_bytes()),
-        ),
-        Signing::HsWithClientSecret => (
-            Algorithm::HS256,
-            "",
-            EncodingKey::from_secret(CLIENT_SECRET.as_bytes()),
-        ),
-        Signing::None => {
-            let h = merged(json!({"alg": "none", "typ": "JWT"}), header);
-            return format!(
-                "{}.{}.",
-                B64.encode(h.to_string()),
-                B64.encode(claims.to_string())
-            );
-        }
-    };
-    let mut h = json!({"alg": alg_name(alg), "typ": "JWT"});
-    if !kid.is_empty() {
-        h["kid"] = kid.into();
-    }
-    let h = merged(h, header);
+/// A compact JWS of `claims`, RS256 with `rsa1`.
+fn sign(claims: &Value) -> String {
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(RSA1_DER_B64)
+        .unwrap();
+    let key = EncodingKey::from_rsa_der(&der);
+    let h = json!({"alg": "RS256", "typ": "JWT", "kid": "rsa1"});
     let message = format!(
         "{}.{}",
         B64.encode(h.to_string()),
         B64.encode(claims.to_string())
     );
-    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, alg).unwrap();
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::RS256).unwrap();
     format!("{message}.{signature}")
-}
-
-fn alg_name(alg: Algorithm) -> &'static str {
-    match alg {
-        Algorithm::RS256 => "RS256",
-        Algorithm::ES256 => "ES256",
-        _ => "HS256",
-    }
-}
-
-/// OIDC Core §3.1.3.6: the `at_hash` of an access token for an RS256/ES256/HS256 ID token.
-pub fn at_hash(access_token: &str) -> String {
-    let d = sha2::Sha256::digest(access_token.as_bytes());
-    B64.encode(&d[..16])
 }
 
 impl MockIdp {
@@ -209,14 +94,6 @@ impl MockIdp {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(IdpState {
             base: base.clone(),
-            published: vec!["rsa1", "ec1"],
-            jwk_edits: HashMap::new(),
-            signing: Signing::Rsa1,
-            header: serde_json::Map::new(),
-            discovery: serde_json::Map::new(),
-            token_answer: serde_json::Map::new(),
-            oauth2_token_answer: serde_json::Map::new(),
-            attacker_calls: 0,
             claims: serde_json::Map::new(),
             identity_reply: (200, String::new()),
             identity_requests: Vec::new(),
@@ -233,10 +110,7 @@ impl MockIdp {
                 ("memberOf".into(), "staff".into()),
             ],
             token_calls: 0,
-            jwks_calls: 0,
             validate_calls: 0,
-            userinfo_calls: 0,
-            jwks_down: false,
             codes: HashMap::new(),
             tickets: HashMap::new(),
         }));
@@ -368,36 +242,22 @@ fn route(st: &Arc<Mutex<IdpState>>, head: &str, body: &str) -> (u16, &'static st
         ("GET", "/.well-known/openid-configuration") => (
             200,
             J,
-            merged(
-                json!({
-                    "issuer": base,
-                    "authorization_endpoint": format!("{base}/authorize"),
-                    "token_endpoint": format!("{base}/token"),
-                    "jwks_uri": format!("{base}/jwks"),
-                    "userinfo_endpoint": format!("{base}/userinfo"),
-                    "end_session_endpoint": format!("{base}/logout"),
-                    "response_types_supported": ["code"],
-                    "subject_types_supported": ["public"],
-                    "id_token_signing_alg_values_supported": ["RS256", "ES256"],
-                    "code_challenge_methods_supported": ["S256"],
-                    "token_endpoint_auth_methods_supported": ["client_secret_basic"],
-                }),
-                &s.discovery,
-            )
+            json!({
+                "issuer": base,
+                "authorization_endpoint": format!("{base}/authorize"),
+                "token_endpoint": format!("{base}/token"),
+                "jwks_uri": format!("{base}/jwks"),
+                "userinfo_endpoint": format!("{base}/userinfo"),
+                "end_session_endpoint": format!("{base}/logout"),
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+                "code_challenge_methods_supported": ["S256"],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+            })
             .to_string(),
         ),
-        ("GET", "/jwks") => {
-            s.jwks_calls += 1;
-            if s.jwks_down {
-                return (503, J, "{}".into());
-            }
-            let keys: Vec<Value> = s
-                .published
-                .iter()
-                .map(|k| merged(jwk(k), &s.jwk_edits.get(k).cloned().unwrap_or_default()))
-                .collect();
-            (200, J, json!({ "keys": keys }).to_string())
-        }
+        ("GET", "/jwks") => (200, J, json!({ "keys": [jwk()] }).to_string()),
         ("POST", "/token") | ("POST", "/login/oauth/access_token") => {
             s.token_calls += 1;
             let form: HashMap<String, String> = form_urlencoded::parse(body.as_bytes())
@@ -427,7 +287,7 @@ fn route(st: &Arc<Mutex<IdpState>>, head: &str, body: &str) -> (u16, &'static st
             }
             if path == "/login/oauth/access_token" {
                 let answer = json!({"access_token": "gho_access", "token_type": "bearer", "scope": "read:user,user:email"});
-                return (200, J, merged(answer, &s.oauth2_token_answer).to_string());
+                return (200, J, answer.to_string());
             }
             let mut claims = json!({
                 "iss": base,
@@ -450,13 +310,12 @@ fn route(st: &Arc<Mutex<IdpState>>, head: &str, body: &str) -> (u16, &'static st
                     claims[k] = v.clone();
                 }
             }
-            let id_token = sign(s.signing, &claims, &s.header);
+            let id_token = sign(&claims);
             let answer = json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 300,
                 "id_token": id_token});
-            (200, J, merged(answer, &s.token_answer).to_string())
+            (200, J, answer.to_string())
         }
         ("GET", "/userinfo") => {
-            s.userinfo_calls += 1;
             if bearer(head).as_deref() != Some("at-1") {
                 return (401, J, "{}".into());
             }
@@ -468,7 +327,6 @@ fn route(st: &Arc<Mutex<IdpState>>, head: &str, body: &str) -> (u16, &'static st
             )
         }
         ("GET", "/user") => {
-            s.userinfo_calls += 1;
             if bearer(head).as_deref() != Some("gho_access") {
                 return (401, J, "{}".into());
             }
@@ -512,11 +370,6 @@ fn route(st: &Arc<Mutex<IdpState>>, head: &str, body: &str) -> (u16, &'static st
                     )
                 }
             }
-        }
-        (_, p) if p.starts_with("/attacker/") => {
-            s.attacker_calls += 1;
-            let keys = json!({"keys": [jwk("rsa2")]});
-            (200, J, keys.to_string())
         }
         ("POST", "/identity") => {
             let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);

@@ -81,5 +81,6 @@ pub mod dify_mock;
 pub mod dify_services;
 pub mod identity_mock;
 pub mod mock_http;
+pub mod oidc_mock;
 pub mod sso_env;
 pub mod sso_mock;
