@@ -2,6 +2,7 @@
 
 pub mod cas;
 pub mod http;
+pub mod jose;
 pub mod oauth2;
 pub mod oidc;
 pub mod token_exchange;
