@@ -4,7 +4,7 @@
 //! The list is derived from Dify's controllers, one entry per route family, each naming the file
 //! it comes from (Dify 1.14, `api/controllers/`). A route is matched on the normalised path (see
 //! `routing::path`: escapes decoded, `//`, `.` and `..` resolved), with `;params` dropped from every
-//! segment and ASCII case folded: werkzeug routes case-sensitively, so a folded variant is a 404 in
+//! segment and ASCII case ignored: werkzeug routes case-sensitively, so a folded variant is a 404 in
 //! Dify today, and refusing it costs nothing should a proxy in front or a later Dify fold case.
 
 use http::Method;
@@ -82,27 +82,13 @@ pub fn is_closed(method: &Method, path: &str) -> bool {
     if *method == Method::OPTIONS {
         return false;
     }
-    let folded = fold(path);
-    CLOSED.iter().any(|r| matches(r, method, &folded))
+    CLOSED.iter().any(|r| matches(r, method, path))
 }
 
-/// Whether some method of `path` may be refused: the cheap test the proxy runs on every request.
+/// Whether some method of `path` may be refused: the cheap test the proxy runs on every request
+/// (no allocation: segments are compared in place).
 pub fn may_close(path: &str) -> bool {
-    let folded = fold(path);
-    CLOSED.iter().any(|r| matches_path(r, &folded))
-}
-
-/// `;params` dropped from every segment (some servers ignore them), ASCII lower case.
-fn fold(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for (i, seg) in path.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        out.push_str(seg.split(';').next().unwrap_or(""));
-    }
-    out.make_ascii_lowercase();
-    out
+    CLOSED.iter().any(|r| matches_path(r, path))
 }
 
 fn matches(r: &ClosedRoute, method: &Method, path: &str) -> bool {
@@ -113,12 +99,28 @@ fn matches(r: &ClosedRoute, method: &Method, path: &str) -> bool {
     method_closed && matches_path(r, path)
 }
 
+/// Segment by segment, each without its `;params` (some servers ignore them) and in any ASCII
+/// case.
 fn matches_path(r: &ClosedRoute, path: &str) -> bool {
-    let Some(rest) = path.strip_prefix(r.path) else {
-        return false;
-    };
+    let mut segments = path.split('/');
+    for want in r.path.split('/') {
+        match segments.next() {
+            Some(seg)
+                if seg
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .eq_ignore_ascii_case(want) => {}
+            _ => return false,
+        }
+    }
     match r.scope {
-        Scope::Subtree => rest.is_empty() || rest.starts_with('/'),
-        Scope::Exact => rest.is_empty() || rest == "/",
+        Scope::Subtree => true,
+        // Nothing more, or only a trailing slash.
+        Scope::Exact => match segments.next() {
+            None => true,
+            Some("") => segments.next().is_none(),
+            Some(_) => false,
+        },
     }
 }
