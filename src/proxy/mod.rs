@@ -9,6 +9,7 @@
 pub mod connection;
 pub mod context;
 pub mod forwarding;
+pub mod framing;
 pub mod respond;
 pub mod slow_client;
 mod sso_glue;
@@ -58,6 +59,12 @@ impl ProxyHttp for DifyGateway {
                 respond::error(session, ctx, 400, "bad_request", e.reason()).await?;
                 return Ok(true);
             }
+        }
+        if let Some((status, code, message)) = framing::request_problem(session.req_header()) {
+            // Whatever body follows cannot be framed as the client meant it: close after answering.
+            session.set_keepalive(None);
+            respond::error(session, ctx, status, code, message).await?;
+            return Ok(true);
         }
         if sso_glue::intercept(session, ctx).await? {
             ctx.route = "sso";
@@ -151,13 +158,22 @@ impl ProxyHttp for DifyGateway {
         if let Some(client) = &ctx.client {
             client.apply(upstream_request, &ctx.trace_id)?;
             if ctx.dify_hook_url {
-                let host = forwarding::host_without_port(session.req_header());
-                let uri = session
-                    .req_header()
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |pq| pq.as_str());
-                let hook = format!("{}://{host}{uri}", client.scheme);
+                let req = session.req_header();
+                let uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+                let host = forwarding::host_without_port(req);
+                let hook = if host.is_empty() {
+                    // HTTP/1.0 without Host: the address the client reached us on.
+                    let local = session.server_addr().and_then(PingoraAddr::as_inet);
+                    match local.map(|a| a.ip()) {
+                        Some(std::net::IpAddr::V6(ip)) => {
+                            format!("{}://[{ip}]{uri}", client.scheme)
+                        }
+                        Some(ip) => format!("{}://{ip}{uri}", client.scheme),
+                        None => format!("{}://localhost{uri}", client.scheme),
+                    }
+                } else {
+                    format!("{}://{host}{uri}", client.scheme)
+                };
                 upstream_request.insert_header("Dify-Hook-Url", hook)?;
             }
         }
@@ -173,8 +189,12 @@ impl ProxyHttp for DifyGateway {
         if let Some(started) = ctx.upstream_started {
             ctx.upstream_time.get_or_insert_with(|| started.elapsed());
         }
+        framing::strip_hop_by_hop(upstream_response);
         upstream_response.insert_header("X-Request-Id", ctx.trace_id.as_str())?;
         keep_alive_unless_draining(session, ctx);
+        if framing::unchunk_for_http10(session.req_header().version, upstream_response) {
+            session.set_keepalive(None);
+        }
         sso_glue::after_upstream(session, upstream_response, ctx)
     }
 
