@@ -205,6 +205,14 @@ impl GatewayBuilder {
     /// and the proxy port accepts a TCP connection. Fails the test (with the gateway's stderr) if
     /// that does not happen within [`WAIT`] or the process exits.
     pub async fn start(self) -> Gateway {
+        let mut gw = self.launch();
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Writes the config and starts the binary without waiting for it to serve (for a start-up
+    /// that is meant to fail: see [`Gateway::wait_exit`]).
+    pub fn launch(self) -> Gateway {
         let config_path = self.dir.path().join("gateway.yaml");
         std::fs::write(&config_path, self.to_yaml()).expect("write config");
         let mut cmd = Command::new(BIN);
@@ -237,7 +245,7 @@ impl GatewayBuilder {
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
         let stderr = capture(child.stderr.take().unwrap());
         let stdout = capture(child.stdout.take().unwrap());
-        let mut gw = Gateway {
+        Gateway {
             child,
             listen: self.listen,
             admin: self.admin,
@@ -246,9 +254,7 @@ impl GatewayBuilder {
             stderr,
             stdout,
             _dir: self.dir,
-        };
-        gw.wait_ready().await;
-        gw
+        }
     }
 }
 
