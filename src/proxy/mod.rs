@@ -2,10 +2,11 @@
 //! [`crate::routing`], [`crate::sso`], [`crate::pages`] and [`crate::ops`].
 //!
 //! Order of a request: `request_filter` (trace id, client, path, SSO, route, size limit) ->
-//! `upstream_peer` (pick a backend) -> `upstream_request_filter` (forwarding headers) ->
+//! (with `limits.request_buffering`, the body read whole) -> `upstream_peer` (pick a backend) -> `upstream_request_filter` (forwarding headers) ->
 //! `response_filter` (trace id, logout mark) -> `logging` (access log). Failures end in
 //! `fail_to_proxy`, which writes our error page.
 
+pub mod buffering;
 pub mod connection;
 pub mod context;
 pub mod forwarding;
@@ -73,7 +74,10 @@ impl ProxyHttp for DifyGateway {
         if answer_by_route(session, ctx).await? {
             return Ok(true);
         }
-        refuse_oversize_body(session, ctx).await
+        if refuse_oversize_body(session, ctx).await? {
+            return Ok(true);
+        }
+        buffering::buffer_request_body(session, ctx).await
     }
 
     /// Bodies without a declared length (chunked uploads) are counted as they stream.
@@ -84,7 +88,9 @@ impl ProxyHttp for DifyGateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(chunk) = body {
+        if let Some(chunk) = body
+            && !ctx.body_buffered
+        {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > ctx.snap.config.limits.client_max_body_size {
                 return Error::e_explain(
@@ -155,6 +161,10 @@ impl ProxyHttp for DifyGateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.body_buffered {
+            // The client has had its 100 Continue, and the body is here already.
+            upstream_request.remove_header(&http::header::EXPECT);
+        }
         if let Some(client) = &ctx.client {
             client.apply(upstream_request, &ctx.trace_id)?;
             if ctx.dify_hook_url {

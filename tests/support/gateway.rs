@@ -34,6 +34,8 @@ pub struct GatewayBuilder {
     upstreams: BTreeMap<String, Vec<String>>,
     routes: Option<Vec<(String, String)>>,
     limits: BTreeMap<String, String>,
+    /// `limits.<key>` written as YAML as given (flow mappings, lists).
+    limits_yaml: BTreeMap<String, String>,
     /// Raw YAML appended at top level (e.g. `sso:` sections for later tests).
     extra_yaml: String,
     /// Extra `key: value` lines inside the `server:` section.
@@ -64,6 +66,7 @@ impl GatewayBuilder {
             upstreams: BTreeMap::new(),
             routes: None,
             limits: BTreeMap::new(),
+            limits_yaml: BTreeMap::new(),
             extra_yaml: String::new(),
             server_yaml: Vec::new(),
             env: Vec::new(),
@@ -111,6 +114,12 @@ impl GatewayBuilder {
     /// `limits.<key>: <value>`, e.g. `limit("read_timeout", "1s")`.
     pub fn limit(mut self, key: &str, value: &str) -> Self {
         self.limits.insert(key.into(), value.into());
+        self
+    }
+
+    /// `limits.<key>: <yaml>` with the value as YAML, e.g. `limit_yaml("x", "{ a: 1 }")`.
+    pub fn limit_yaml(mut self, key: &str, yaml: &str) -> Self {
+        self.limits_yaml.insert(key.into(), yaml.into());
         self
     }
 
@@ -191,10 +200,13 @@ impl GatewayBuilder {
                 ));
             }
         }
-        if !self.limits.is_empty() {
+        if !self.limits.is_empty() || !self.limits_yaml.is_empty() {
             y.push_str("limits:\n");
             for (k, v) in &self.limits {
                 y.push_str(&format!("  {k}: {}\n", yq(v)));
+            }
+            for (k, v) in &self.limits_yaml {
+                y.push_str(&format!("  {k}: {v}\n"));
             }
         }
         y.push_str(&self.extra_yaml);
