@@ -351,3 +351,26 @@ async fn a_temp_dir_that_cannot_be_used_is_a_clear_error() {
     .await;
     assert!(logged.is_some(), "{}", gw.stderr());
 }
+
+/// A client that pipelines its next request behind a buffered one is answered as Pingora answers
+/// any pipelining client: the first request, then the connection closes (never a hang).
+#[tokio::test]
+async fn a_request_pipelined_behind_a_buffered_one_is_not_left_hanging() {
+    let api = TimingUpstream::start().await;
+    let gw = Gateway::builder()
+        .upstream("api", &[api.addr])
+        .start()
+        .await;
+    let mut s = TcpStream::connect(gw.listen).await.unwrap();
+    let one = "POST /console/api/p/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody";
+    let two = "POST /console/api/p/2 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody";
+    s.write_all(format!("{one}{two}").as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("the connection was left open with a request unanswered")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(api.arrivals("POST /console/api/p/1").len(), 1);
+}

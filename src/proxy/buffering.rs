@@ -150,25 +150,59 @@ pub async fn buffer_request_body(session: &mut Session, ctx: &mut RequestCtx) ->
         file,
         tail: Bytes::from_static(tail),
     };
-    replay_in_new_session(session, replay).await?;
+    replay_in_new_session(session, raw_header, replay).await?;
     Ok(false)
 }
 
 /// Puts `replay` in front of the client's connection and reads the request again from it, with
 /// the old session's connection settings.
-async fn replay_in_new_session(session: &mut Session, replay: Replay) -> Result<()> {
+async fn replay_in_new_session(
+    session: &mut Session,
+    raw_header: Bytes,
+    replay: Replay,
+) -> Result<()> {
+    // What stands in while the connection moves holds the same request header, so that whatever
+    // reads the session on a failure below finds one.
+    let mut stand_in = ServerSession::new_http1(Box::new(Vacant(raw_header)));
+    if !stand_in.read_request().await? {
+        return Error::e_explain(
+            ErrorType::InternalError,
+            "buffered request header unreadable",
+        );
+    }
     let old = &mut session.downstream_session;
     let keepalive = old.get_keepalive();
     let reuses = old.get_keepalive_reuses_remaining();
     let read_timeout = old.get_read_timeout();
     let write_timeout = old.get_write_timeout();
     let user_context = old.take_connection_user_context();
-    let vacant = ServerSession::new_http1(Box::new(Vacant));
-    let ServerSession::H1(old) = std::mem::replace(&mut **old, vacant) else {
+    if keepalive.is_some() {
+        // With pipelining on for the move, `reuse` also says whether the client sent more past
+        // this body (a pipelined next request, which `into_inner` would silently drop).
+        old.set_keepalive_reuses_remaining(None);
+        old.set_pipelining_enabled(true);
+    }
+    let ServerSession::H1(old) = std::mem::replace(&mut **old, stand_in) else {
         return Error::e_explain(ErrorType::InternalError, "buffered request is not HTTP/1");
     };
-    let mut client = old
-        .into_inner()
+    let mut keepalive = keepalive;
+    let stream = if keepalive.is_some() {
+        let Some(reusable) = old.reuse().await.map_err(|e| e.into_down())? else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "buffered request lost its connection",
+            );
+        };
+        let (stream, after) = reusable.into_parts();
+        if after.is_some_and(|a| !a.is_empty()) {
+            // Pingora answers a pipelining client's first request and closes; so here.
+            keepalive = None;
+        }
+        stream
+    } else {
+        old.into_inner()
+    };
+    let mut client = stream
         .into_any()
         .downcast::<ClientStream>()
         .map_err(|_| Error::explain(ErrorType::InternalError, "client stream of another type"))?;
@@ -218,16 +252,20 @@ async fn temp_file(dir: &str) -> Result<tokio::fs::File> {
     Ok(file)
 }
 
-/// Stands in for the client's connection for the moment it moves from one session to the next.
+/// Stands in for the client's connection for the moment it moves from one session to the next:
+/// it reads as the request header, then as a closed connection; nothing can be written to it.
 #[derive(Debug)]
-struct Vacant;
+struct Vacant(Bytes);
 
 impl AsyncRead for Vacant {
     fn poll_read(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
-        _buf: &mut ReadBuf<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let n = this.0.len().min(buf.remaining());
+        buf.put_slice(&this.0.split_to(n));
         Poll::Ready(Ok(()))
     }
 }
