@@ -173,6 +173,35 @@ async fn enforce_path_tricks_are_refused_and_never_reach_api() {
             .map(|r| (&r.method, &r.uri))
             .collect::<Vec<_>>()
     );
+    // An absolute-form target is served as nginx serves it, with the target's host, so a closed
+    // route is closed there too: 403, not a refusal of the form. A `Host` that contradicts the
+    // target is refused before any routing (Pingora: 400).
+    for (target, host, status) in [
+        (absolute.as_str(), Some(gw.listen.to_string()), 403),
+        (absolute_other_host.as_str(), None, 403),
+        ("http://evil.example/console/api/%6cogin", None, 403),
+        (
+            absolute_other_host.as_str(),
+            Some(gw.listen.to_string()),
+            400,
+        ),
+    ] {
+        let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+        let req = format!(
+            "POST {target} HTTP/1.1\r\n{host}Content-Type: application/json\r\n\
+             Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        let r = raw(gw.listen, req.as_bytes()).await;
+        assert_eq!(r.status, status, "{target} {host:?}: {:?}", r.text());
+        if status == 403 {
+            assert!(
+                r.text().contains("sso_enforced"),
+                "{target}: {:?}",
+                r.text()
+            );
+        }
+    }
+    assert!(api.received().is_empty(), "{:?}", api.received());
     // What stays open is still proxied.
     let open = raw_get(gw.listen, "/console/api/apps", "").await;
     assert_eq!(open.status, 200);

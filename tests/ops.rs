@@ -200,3 +200,52 @@ async fn readyz_is_200_when_each_upstream_has_one_live_backend() {
         gw.admin_status("/readyz").await
     );
 }
+
+/// A listener that cannot bind ends the start-up with a non-zero exit naming the address and the
+/// OS error, before the admin port ever says healthy: not a process that looks up and serves
+/// nothing.
+#[tokio::test]
+async fn a_listener_that_cannot_bind_is_a_loud_exit_not_a_healthy_process() {
+    for taken in ["server.listen[0]", "server.admin_listen"] {
+        let api = MockUpstream::echo("api").await;
+        let builder = Gateway::builder().upstream("api", &[api.addr]);
+        let addr = if taken == "server.admin_listen" {
+            builder.admin
+        } else {
+            builder.listen
+        };
+        let _holder = std::net::TcpListener::bind(addr).unwrap();
+        let mut gw = builder.launch();
+        let status = gw.wait_exit(WAIT).await;
+        let status = status.unwrap_or_else(|| panic!("{taken} taken: still running"));
+        assert!(!status.success(), "{taken}: {status}");
+        let stderr = gw.stderr();
+        assert!(
+            stderr.contains(&format!("{taken}: cannot listen on {addr}: "))
+                && stderr.contains("in use"),
+            "{taken}: {stderr}"
+        );
+        if taken != "server.admin_listen" {
+            assert_eq!(gw.admin_status("/healthz").await, None);
+        }
+    }
+}
+
+/// `/readyz` is only 200 once every public listener accepts (checked by connecting to it).
+#[tokio::test]
+async fn readyz_waits_for_the_listeners() {
+    let mocks = StockEchoes::start().await;
+    let gw = mocks.configure(Gateway::builder()).start().await;
+    let ready = poll_until(WAIT, || async {
+        (gw.admin_status("/readyz").await == Some(200)).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "{}", gw.stderr());
+    assert!(
+        gw.log_lines()
+            .iter()
+            .any(|l| l["message"] == "every listener accepts connections"),
+        "{}",
+        gw.stderr()
+    );
+}

@@ -105,3 +105,45 @@ async fn tls_1_2_and_1_3_keep_a_connection_alive_and_tell_dify_https() {
     }
     drop(gw);
 }
+
+/// A client that fails its TLS handshake is the client's problem: Pingora logs it at ERROR, the
+/// gateway at INFO, so an alert on ERROR is not paged for every scanner.
+#[tokio::test]
+async fn a_failed_client_handshake_is_not_an_error_in_the_log() {
+    let tls_addr = free_addr();
+    let builder = Gateway::builder();
+    let cert = test_cert(&builder);
+    let gw = builder
+        .server(
+            "tls",
+            &format!(
+                "{{ listen: {}, cert: {}, key: {} }}",
+                yq(&tls_addr.to_string()),
+                yq(&cert.cert_path),
+                yq(&cert.key_path)
+            ),
+        )
+        .start()
+        .await;
+    tls_port_ready(tls_addr).await;
+    let mut tcp = TcpStream::connect(tls_addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let logged = poll_until(WAIT, || async {
+        gw.log_lines().into_iter().find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Downstream handshake error"))
+        })
+    })
+    .await;
+    let line = logged.unwrap_or_else(|| panic!("no handshake line:\n{}", gw.stderr()));
+    assert_eq!(line["level"], "INFO", "{line}");
+    let errors: Vec<_> = gw
+        .log_lines()
+        .into_iter()
+        .filter(|l| l["level"] == "ERROR")
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}

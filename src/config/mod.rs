@@ -161,6 +161,35 @@ pub struct Limits {
     /// time between two successive reads, not the whole body). A stalled body gets 408.
     #[serde(deserialize_with = "units::de_duration")]
     pub client_body_timeout: Duration,
+    /// Read a request body whole before the upstream request is opened (nginx
+    /// `proxy_request_buffering on`).
+    pub request_buffering: RequestBuffering,
+}
+
+/// Which upstreams get request bodies only once the client has sent them whole, and where a body
+/// waits meanwhile: a slow upload then holds a gateway connection, not one of Dify's few workers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestBuffering {
+    /// Upstream names; empty turns buffering off.
+    #[serde(deserialize_with = "units::de_string_list")]
+    pub upstreams: Vec<String>,
+    /// Bytes kept in memory; the rest of a larger body goes to a temporary file.
+    #[serde(deserialize_with = "units::de_size")]
+    pub memory: u64,
+    /// Directory of those files (created and removed at once, so nothing is left behind); empty:
+    /// the system's temporary directory.
+    pub temp_dir: String,
+}
+
+impl Default for RequestBuffering {
+    fn default() -> Self {
+        RequestBuffering {
+            upstreams: vec!["api".into()],
+            memory: 64 << 10,
+            temp_dir: String::new(),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -174,6 +203,7 @@ impl Default for Limits {
             keepalive_timeout: Duration::from_secs(65),
             client_header_timeout: Duration::from_secs(60),
             client_body_timeout: Duration::from_secs(60),
+            request_buffering: RequestBuffering::default(),
         }
     }
 }
@@ -438,6 +468,14 @@ impl Config {
             }
         }
         let l = &self.limits;
+        for (i, name) in l.request_buffering.upstreams.iter().enumerate() {
+            if !self.upstreams.contains_key(name) {
+                issues.push(Issue::new(
+                    format!("limits.request_buffering.upstreams[{i}]"),
+                    format!("unknown upstream {name:?}"),
+                ));
+            }
+        }
         for (field, d) in [
             ("limits.connect_timeout", l.connect_timeout),
             ("limits.read_timeout", l.read_timeout),

@@ -157,3 +157,19 @@ fn the_example_configuration_loads() {
     assert_eq!(c.dify.redis_key("k"), "k");
     assert!(!c.dify.dataset_operator_enabled());
 }
+
+#[test]
+fn request_buffering_defaults_to_the_api_and_names_known_upstreams_only() {
+    let c = load("").unwrap();
+    assert_eq!(c.limits.request_buffering.upstreams, vec!["api"]);
+    assert_eq!(c.limits.request_buffering.memory, 64 << 10);
+    let c = load("limits:\n  request_buffering:\n    upstreams: []\n    memory: 1M\n").unwrap();
+    assert!(c.limits.request_buffering.upstreams.is_empty());
+    assert_eq!(c.limits.request_buffering.memory, 1 << 20);
+    let errors = load("limits:\n  request_buffering:\n    upstreams: [apii]\n").unwrap_err();
+    let text = format!("{errors:?}");
+    assert!(
+        text.contains("limits.request_buffering.upstreams[0]") && text.contains("apii"),
+        "{text}"
+    );
+}

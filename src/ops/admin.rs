@@ -1,6 +1,7 @@
 //! The admin listener (`server.admin_listen`, never the public port): `/healthz` says the process
-//! answers; `/readyz` says a configuration is loaded and every routed upstream has a reachable
-//! backend, so a load balancer sends traffic only where it can be served.
+//! answers; `/readyz` says every public listener accepts, a configuration is loaded and every
+//! routed upstream has a reachable backend, so a load balancer sends traffic only where it can be
+//! served.
 
 use crate::ops::metrics::METRICS;
 use crate::state::SharedSnapshot;
@@ -47,6 +48,16 @@ impl ServeHttp for AdminApp {
 impl AdminApp {
     fn readiness(&self) -> (u16, serde_json::Value) {
         let snap = self.state.load();
+        if !crate::ops::listeners::all_accepting() {
+            return (
+                503,
+                serde_json::json!({
+                    "status": "not_ready",
+                    "reason": "the public listeners do not accept connections yet",
+                    "config_generation": snap.generation,
+                }),
+            );
+        }
         let down: Vec<&str> = snap
             .routed_upstreams()
             .filter(|u| !u.is_ready())

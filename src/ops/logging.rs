@@ -2,11 +2,13 @@
 //! record as fields, so `trace_id` is searchable), or plain text for a person at a terminal.
 //!
 //! Pingora's own debug logs print whole request headers (cookies, `Authorization`), so the
-//! `pingora*` targets are capped at `info` unless `RUST_LOG` names them explicitly.
+//! `pingora*` targets are capped at `info` unless `RUST_LOG` names them explicitly. Pingora's
+//! routine misses, logged by it at ERROR, are lowered to the level they deserve
+//! ([`pingora_level`]), so an alert on ERROR means something is wrong.
 
 use env_logger::fmt::Formatter;
 use log::kv::{Key, Value, VisitSource};
-use log::{LevelFilter, Record};
+use log::{Level, LevelFilter, Record};
 use std::io::Write;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,7 +32,77 @@ pub fn init(format: LogFormat, spec: Option<&str>) {
         LogFormat::Json => builder.format(write_json),
         LogFormat::Text => builder.format(write_text),
     };
-    let _ = builder.try_init();
+    let inner = builder.build();
+    let max = inner.filter();
+    if log::set_boxed_logger(Box::new(Leveled { inner })).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// env_logger, with Pingora's own messages at the level they deserve (see [`pingora_level`]).
+struct Leveled {
+    inner: env_logger::Logger,
+}
+
+impl log::Log for Leveled {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record) {
+        // Only Pingora's warnings and errors are looked at; everything else passes untouched.
+        if record.level() <= Level::Warn && record.target().starts_with("pingora") {
+            let level = match record.args().as_str() {
+                Some(text) => pingora_level(text, record.level()),
+                None => pingora_level(&record.args().to_string(), record.level()),
+            };
+            if level != record.level() {
+                let relevelled = Record::builder()
+                    .args(*record.args())
+                    .level(level)
+                    .target(record.target())
+                    .module_path(record.module_path())
+                    .file(record.file())
+                    .line(record.line())
+                    .key_values(record.key_values())
+                    .build();
+                // Filtered again at the new level: a debug line stays out under `info`.
+                return self.inner.log(&relevelled);
+            }
+        }
+        self.inner.log(record)
+    }
+
+    fn flush(&self) {
+        self.inner.flush()
+    }
+}
+
+/// Pingora logs at ERROR what is routine for a proxy: an idle upstream connection that could not
+/// be reused (it then opens a new one and nothing fails; about ten a minute for one user
+/// browsing), a client that left or failed its TLS handshake. An operator alerting on ERROR would
+/// be paged for those; they are debug or info here, as nginx logs client-caused failures at info.
+/// Anything not listed (`Accept() failed`, `Crit: ...`, failures to bind or hand sockets over)
+/// keeps Pingora's level.
+fn pingora_level(message: &str, level: Level) -> Level {
+    const MAPPED: [(&str, Level); 12] = [
+        ("failed to acquire reusable stream", Level::Debug),
+        ("Idle unix connection is broken", Level::Debug),
+        ("Downstream handshake error", Level::Info),
+        ("Downstream handshake timeout", Level::Info),
+        ("H2 handshake error", Level::Info),
+        ("HTTP server fails to read from downstream", Level::Info),
+        ("HTTP server fails to write to downstream", Level::Info),
+        ("HTTP server fails to finish the request", Level::Info),
+        ("Error finish sending body to downstream", Level::Info),
+        ("failed to send error response to downstream", Level::Info),
+        ("send error, draining read buf", Level::Info),
+        ("Peer sent more data than expected", Level::Info),
+    ];
+    MAPPED
+        .iter()
+        .find(|(prefix, _)| message.starts_with(prefix))
+        .map_or(level, |(_, l)| *l)
 }
 
 /// The level a spec gives targets it does not name (`info` when it names none).
@@ -101,6 +173,33 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pingora_routine_misses_are_not_errors() {
+        let e = Level::Error;
+        assert_eq!(
+            pingora_level("failed to acquire reusable stream", e),
+            Level::Debug
+        );
+        assert_eq!(
+            pingora_level("Downstream handshake error from 10.0.0.1:5000: TLS", e),
+            Level::Info
+        );
+        assert_eq!(
+            pingora_level(
+                "Peer sent more data than expected: extra 3 bytes",
+                Level::Warn
+            ),
+            Level::Info
+        );
+        // Real errors stay errors.
+        assert_eq!(pingora_level("Accept() failed Too many open files", e), e);
+        assert_eq!(pingora_level("Crit: socket is being double closed", e), e);
+        assert_eq!(
+            pingora_level("Unable to send listener sockets to new process: x", e),
+            e
+        );
+    }
 
     #[test]
     fn global_level_reads_bare_levels_only() {

@@ -6,6 +6,7 @@ use crate::config::{Config, ConfigSource};
 use crate::ops::access_log::AccessLog;
 use crate::ops::admin::AdminApp;
 use crate::ops::drain::DrainWatch;
+use crate::ops::listeners::{self, ListenerProbe};
 use crate::ops::metrics::METRICS;
 use crate::ops::reload::Reloader;
 use crate::ops::upstream_health::UpstreamHealth;
@@ -42,6 +43,25 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
         daemon: cli.daemon,
         ..Opt::default()
     };
+    // Inherited sockets come from the old process on an upgrade; otherwise each address must be
+    // ours before anything starts, or the process would report healthy and serve nothing.
+    if !cli.upgrade {
+        let public = s.listen.iter().enumerate().map(|(i, a)| (i, a.as_str()));
+        let keys: Vec<(String, &str)> = public
+            .map(|(i, a)| (format!("server.listen[{i}]"), a))
+            .chain(
+                s.tls
+                    .iter()
+                    .map(|t| ("server.tls.listen".to_string(), t.listen.as_str())),
+            )
+            .chain(
+                (!s.admin_listen.is_empty())
+                    .then(|| ("server.admin_listen".to_string(), s.admin_listen.as_str())),
+            )
+            .collect();
+        listeners::check_bindable(keys.iter().map(|(k, a)| (k.as_str(), *a)))?;
+    }
+    listeners::exit_on_listener_panic();
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
@@ -93,6 +113,16 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
     };
     server.add_service(background_service("upstream health", health));
     server.add_service(background_service("drain watch", DrainWatch));
+    let probed = listen
+        .iter()
+        .cloned()
+        .chain(tls.iter().map(|t| t.listen.clone()));
+    server.add_service(background_service(
+        "listener probe",
+        ListenerProbe {
+            addrs: probed.collect(),
+        },
+    ));
     server.add_service(background_service(
         "config reload",
         Reloader { state, source },

@@ -70,6 +70,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ClientConnections<A
             persistent = settings;
             // What went into the session comes back out of it.
             client = stream.into_any().downcast::<ClientStream>().ok()?;
+            if client.replay_pending() {
+                return None;
+            }
             idle_limit = keepalive_limit(&self.state);
         }
     }

@@ -28,6 +28,9 @@ pub struct RequestCtx {
     pub upstream_time: Option<Duration>,
     /// Request body bytes seen so far (for bodies without a declared length).
     pub body_bytes: u64,
+    /// The body was read whole before the upstream request (`limits.request_buffering`), and
+    /// counted then.
+    pub body_buffered: bool,
     /// Our own error code, when the gateway answered instead of the upstream.
     pub error_code: Option<&'static str>,
 }
@@ -50,6 +53,7 @@ impl RequestCtx {
             upstream_started: None,
             upstream_time: None,
             body_bytes: 0,
+            body_buffered: false,
             error_code: None,
         }
     }

@@ -120,9 +120,33 @@ fn ip_value(ip: Option<IpAddr>) -> pingora::Result<HeaderValue> {
     HeaderValue::try_from(text).or_err(InvalidHTTPHeader, "client address")
 }
 
-/// Headers that describe the path to the gateway or name the request (lower-case names).
+/// Headers that describe the path to the gateway, name the request, or claim to be the client's
+/// address (lower-case names). Dify's `extract_remote_ip` (`libs/helper.py`, used for
+/// `last_login_ip` and its per-IP mail and login limits) believes `CF-Connecting-IP` before
+/// `X-Forwarded-For`; the rest are what CDNs set and common frameworks read (werkzeug, Django,
+/// Express's `request-ip`, Rails).
 fn is_forwarding_header(name: &str) -> bool {
-    name.starts_with("x-forwarded-") || matches!(name, "forwarded" | "x-real-ip" | "x-request-id")
+    name.starts_with("x-forwarded")
+        || matches!(
+            name,
+            "forwarded"
+                | "forwarded-for"
+                | "x-real-ip"
+                | "x-request-id"
+                | "cf-connecting-ip"
+                | "cf-connecting-ipv6"
+                | "cf-pseudo-ipv4"
+                | "true-client-ip"
+                | "x-client-ip"
+                | "x-cluster-client-ip"
+                | "fastly-client-ip"
+                | "client-ip"
+                | "x-originating-ip"
+                | "x-remote-ip"
+                | "x-remote-addr"
+                | "x-appengine-user-ip"
+                | "x-original-forwarded-for"
+        )
 }
 
 /// The trace id: the trusted proxy's `X-Request-Id` when it is sane, else a new UUID v4.
@@ -139,11 +163,12 @@ pub fn trace_id(req: &RequestHeader, trusted: bool) -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// `Host` without its port, as nginx's `$host`.
+/// `Host` without its port, as nginx's `$host`: an absolute-form target's host comes first
+/// (RFC 9112 §3.2.2); empty for an HTTP/1.0 request without either.
 pub fn host_without_port(req: &RequestHeader) -> &str {
-    let host = header_str(req, "host")
-        .or_else(|| req.uri.host())
-        .unwrap_or("");
+    let target =
+        crate::proxy::framing::target_authority(req).and_then(|a| std::str::from_utf8(a).ok());
+    let host = target.or_else(|| header_str(req, "host")).unwrap_or("");
     if host.starts_with('[') {
         return host
             .split_once(']')

@@ -2,13 +2,15 @@
 //! [`crate::routing`], [`crate::sso`], [`crate::pages`] and [`crate::ops`].
 //!
 //! Order of a request: `request_filter` (trace id, client, path, SSO, route, size limit) ->
-//! `upstream_peer` (pick a backend) -> `upstream_request_filter` (forwarding headers) ->
+//! (with `limits.request_buffering`, the body read whole) -> `upstream_peer` (pick a backend) -> `upstream_request_filter` (forwarding headers) ->
 //! `response_filter` (trace id, logout mark) -> `logging` (access log). Failures end in
 //! `fail_to_proxy`, which writes our error page.
 
+pub mod buffering;
 pub mod connection;
 pub mod context;
 pub mod forwarding;
+pub mod framing;
 pub mod respond;
 pub mod slow_client;
 mod sso_glue;
@@ -59,6 +61,12 @@ impl ProxyHttp for DifyGateway {
                 return Ok(true);
             }
         }
+        if let Some((status, code, message)) = framing::request_problem(session.req_header()) {
+            // Whatever body follows cannot be framed as the client meant it: close after answering.
+            session.set_keepalive(None);
+            respond::error(session, ctx, status, code, message).await?;
+            return Ok(true);
+        }
         if sso_glue::intercept(session, ctx).await? {
             ctx.route = "sso";
             return Ok(true);
@@ -66,7 +74,10 @@ impl ProxyHttp for DifyGateway {
         if answer_by_route(session, ctx).await? {
             return Ok(true);
         }
-        refuse_oversize_body(session, ctx).await
+        if refuse_oversize_body(session, ctx).await? {
+            return Ok(true);
+        }
+        buffering::buffer_request_body(session, ctx).await
     }
 
     /// Bodies without a declared length (chunked uploads) are counted as they stream.
@@ -77,7 +88,9 @@ impl ProxyHttp for DifyGateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(chunk) = body {
+        if let Some(chunk) = body
+            && !ctx.body_buffered
+        {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > ctx.snap.config.limits.client_max_body_size {
                 return Error::e_explain(
@@ -148,16 +161,29 @@ impl ProxyHttp for DifyGateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.body_buffered {
+            // The client has had its 100 Continue, and the body is here already.
+            upstream_request.remove_header(&http::header::EXPECT);
+        }
         if let Some(client) = &ctx.client {
             client.apply(upstream_request, &ctx.trace_id)?;
             if ctx.dify_hook_url {
-                let host = forwarding::host_without_port(session.req_header());
-                let uri = session
-                    .req_header()
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |pq| pq.as_str());
-                let hook = format!("{}://{host}{uri}", client.scheme);
+                let req = session.req_header();
+                let uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+                let host = forwarding::host_without_port(req);
+                let hook = if host.is_empty() {
+                    // HTTP/1.0 without Host: the address the client reached us on.
+                    let local = session.server_addr().and_then(PingoraAddr::as_inet);
+                    match local.map(|a| a.ip()) {
+                        Some(std::net::IpAddr::V6(ip)) => {
+                            format!("{}://[{ip}]{uri}", client.scheme)
+                        }
+                        Some(ip) => format!("{}://{ip}{uri}", client.scheme),
+                        None => format!("{}://localhost{uri}", client.scheme),
+                    }
+                } else {
+                    format!("{}://{host}{uri}", client.scheme)
+                };
                 upstream_request.insert_header("Dify-Hook-Url", hook)?;
             }
         }
@@ -173,8 +199,12 @@ impl ProxyHttp for DifyGateway {
         if let Some(started) = ctx.upstream_started {
             ctx.upstream_time.get_or_insert_with(|| started.elapsed());
         }
+        framing::strip_hop_by_hop(upstream_response);
         upstream_response.insert_header("X-Request-Id", ctx.trace_id.as_str())?;
         keep_alive_unless_draining(session, ctx);
+        if framing::unchunk_for_http10(session.req_header().version, upstream_response) {
+            session.set_keepalive(None);
+        }
         sso_glue::after_upstream(session, upstream_response, ctx)
     }
 

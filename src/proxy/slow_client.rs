@@ -48,6 +48,48 @@ pub struct ClientStream {
     sleep: Option<Pin<Box<Sleep>>>,
     /// The first bytes of the next request, read while waiting for it; served before the socket.
     received: Option<Bytes>,
+    /// A request read whole by the gateway, to be read again by a new session (see
+    /// [`super::buffering`]); served after `received`, before the socket.
+    replay: Option<Box<Replay>>,
+}
+
+/// A buffered request: its header and the start of its body in memory, the rest of the body in a
+/// temporary file, then `tail` (the end of a re-chunked body).
+#[derive(Debug)]
+pub struct Replay {
+    pub head: Bytes,
+    pub file: Option<tokio::fs::File>,
+    pub tail: Bytes,
+}
+
+impl Replay {
+    /// Fills `buf` from the parts in order; `None` once all of it has been read.
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Option<Poll<io::Result<()>>> {
+        if !self.head.is_empty() {
+            let n = self.head.len().min(buf.remaining());
+            buf.put_slice(&self.head[..n]);
+            self.head.advance(n);
+            return Some(Poll::Ready(Ok(())));
+        }
+        if let Some(file) = self.file.as_mut() {
+            let before = buf.filled().len();
+            match Pin::new(file).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) if buf.filled().len() == before => self.file = None,
+                other => return Some(other),
+            }
+        }
+        if !self.tail.is_empty() {
+            let n = self.tail.len().min(buf.remaining());
+            buf.put_slice(&self.tail[..n]);
+            self.tail.advance(n);
+            return Some(Poll::Ready(Ok(())));
+        }
+        None
+    }
 }
 
 /// Stack space for the first read of a request; a longer header is read on by Pingora.
@@ -62,6 +104,7 @@ impl ClientStream {
             deadline: AtomicU64::new(DISARMED),
             sleep: None,
             received: None,
+            replay: None,
         };
         s.arm_now();
         s
@@ -79,6 +122,17 @@ impl ClientStream {
             DISARMED | ARM_ON_READ => None,
             ms => Some(self.base + Duration::from_millis(ms - 1)),
         }
+    }
+
+    /// Serves `replay` to the next reads, before anything more from the client.
+    pub fn set_replay(&mut self, replay: Replay) {
+        self.replay = Some(Box::new(replay));
+    }
+
+    /// Whether part of a replayed request was never read (its answer came first): what follows
+    /// on the connection is not a request then.
+    pub fn replay_pending(&self) -> bool {
+        self.replay.is_some()
     }
 
     /// The request header has arrived: no deadline until the next request.
@@ -131,6 +185,12 @@ impl AsyncRead for ClientStream {
                 this.received = None;
             }
             return Poll::Ready(Ok(()));
+        }
+        if let Some(replay) = this.replay.as_mut() {
+            match replay.poll_read(cx, buf) {
+                Some(res) => return res,
+                None => this.replay = None,
+            }
         }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -259,6 +319,9 @@ impl GetSocketDigest for ClientStream {
 #[async_trait]
 impl Peek for ClientStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        if self.replay.is_some() {
+            return Ok(false);
+        }
         match &self.received {
             // Peeking past what was already read would reorder bytes: say it cannot be done.
             Some(received) if received.len() < buf.len() => Ok(false),

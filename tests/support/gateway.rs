@@ -34,6 +34,8 @@ pub struct GatewayBuilder {
     upstreams: BTreeMap<String, Vec<String>>,
     routes: Option<Vec<(String, String)>>,
     limits: BTreeMap<String, String>,
+    /// `limits.<key>` written as YAML as given (flow mappings, lists).
+    limits_yaml: BTreeMap<String, String>,
     /// Raw YAML appended at top level (e.g. `sso:` sections for later tests).
     extra_yaml: String,
     /// Extra `key: value` lines inside the `server:` section.
@@ -64,6 +66,7 @@ impl GatewayBuilder {
             upstreams: BTreeMap::new(),
             routes: None,
             limits: BTreeMap::new(),
+            limits_yaml: BTreeMap::new(),
             extra_yaml: String::new(),
             server_yaml: Vec::new(),
             env: Vec::new(),
@@ -111,6 +114,12 @@ impl GatewayBuilder {
     /// `limits.<key>: <value>`, e.g. `limit("read_timeout", "1s")`.
     pub fn limit(mut self, key: &str, value: &str) -> Self {
         self.limits.insert(key.into(), value.into());
+        self
+    }
+
+    /// `limits.<key>: <yaml>` with the value as YAML, e.g. `limit_yaml("x", "{ a: 1 }")`.
+    pub fn limit_yaml(mut self, key: &str, yaml: &str) -> Self {
+        self.limits_yaml.insert(key.into(), yaml.into());
         self
     }
 
@@ -191,10 +200,13 @@ impl GatewayBuilder {
                 ));
             }
         }
-        if !self.limits.is_empty() {
+        if !self.limits.is_empty() || !self.limits_yaml.is_empty() {
             y.push_str("limits:\n");
             for (k, v) in &self.limits {
                 y.push_str(&format!("  {k}: {}\n", yq(v)));
+            }
+            for (k, v) in &self.limits_yaml {
+                y.push_str(&format!("  {k}: {v}\n"));
             }
         }
         y.push_str(&self.extra_yaml);
@@ -205,6 +217,14 @@ impl GatewayBuilder {
     /// and the proxy port accepts a TCP connection. Fails the test (with the gateway's stderr) if
     /// that does not happen within [`WAIT`] or the process exits.
     pub async fn start(self) -> Gateway {
+        let mut gw = self.launch();
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Writes the config and starts the binary without waiting for it to serve (for a start-up
+    /// that is meant to fail: see [`Gateway::wait_exit`]).
+    pub fn launch(self) -> Gateway {
         let config_path = self.dir.path().join("gateway.yaml");
         std::fs::write(&config_path, self.to_yaml()).expect("write config");
         let mut cmd = Command::new(BIN);
@@ -237,7 +257,7 @@ impl GatewayBuilder {
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
         let stderr = capture(child.stderr.take().unwrap());
         let stdout = capture(child.stdout.take().unwrap());
-        let mut gw = Gateway {
+        Gateway {
             child,
             listen: self.listen,
             admin: self.admin,
@@ -246,9 +266,7 @@ impl GatewayBuilder {
             stderr,
             stdout,
             _dir: self.dir,
-        };
-        gw.wait_ready().await;
-        gw
+        }
     }
 }
 
