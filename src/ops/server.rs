@@ -9,6 +9,7 @@ use crate::ops::drain::DrainWatch;
 use crate::ops::metrics::METRICS;
 use crate::ops::reload::Reloader;
 use crate::ops::upstream_health::UpstreamHealth;
+use crate::ops::version_watch::VersionWatch;
 use crate::proxy::DifyGateway;
 use crate::proxy::connection::ClientConnections;
 use crate::state::{SharedSnapshot, Snapshot};
@@ -93,6 +94,12 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
     };
     server.add_service(background_service("upstream health", health));
     server.add_service(background_service("drain watch", DrainWatch));
+    server.add_service(background_service(
+        "dify version watch",
+        VersionWatch {
+            state: state.clone(),
+        },
+    ));
     server.add_service(background_service(
         "config reload",
         Reloader { state, source },
