@@ -292,6 +292,13 @@ pub fn range_warning(v: DifyVersion) -> Option<String> {
     })
 }
 
+/// The probe's `User-Agent`, so Dify's logs (and test doubles) can tell it from client traffic.
+pub const PROBE_USER_AGENT: &str = concat!(
+    "dify-gateway/",
+    env!("CARGO_PKG_VERSION"),
+    " (dify.version: auto)"
+);
+
 /// How long one question to Dify may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -316,6 +323,7 @@ pub async fn probe(backends: &[String]) -> Result<DifyVersion, String> {
     }
     let client = reqwest::Client::builder()
         .no_proxy()
+        .user_agent(PROBE_USER_AGENT)
         .timeout(PROBE_TIMEOUT)
         .connect_timeout(PROBE_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
