@@ -1,6 +1,7 @@
 use clap::Parser;
 use dify_gateway::cli::Cli;
 use dify_gateway::config::{Config, ConfigSource};
+use dify_gateway::dify::version::Compat;
 use dify_gateway::ops::{logging, server};
 use dify_gateway::sso::{builtin_minter, used_states};
 use std::process::ExitCode;
@@ -34,6 +35,9 @@ fn main() -> ExitCode {
     if cli.test {
         return check_only(&config, &source, cli.offline);
     }
+    // Which Dify is behind: asked before the minter's check, which compares the schema with it.
+    // A Dify that does not answer yet is no reason not to start.
+    dify_gateway::dify::version::detect_at_start(&config);
     // sso.minter: builtin: Dify's tables, the workspace and Redis are checked before serving.
     match builtin_minter::preflight_blocking(config.sso.as_ref(), &config.dify) {
         Ok(Some(summary)) => log::info!("sso.minter builtin: {summary}"),
@@ -54,6 +58,33 @@ fn main() -> ExitCode {
             eprintln!("dify-gateway: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// What `-t` says about the Dify behind the gateway; asks it unless `offline` (start-up does not
+/// fail on the answer, so neither does `-t`).
+fn dify_version_summary(config: &Config, offline: bool) -> String {
+    let compat = Compat::from_config(&config.dify);
+    if !compat.auto() {
+        return compat.describe();
+    }
+    if offline {
+        return format!(
+            "skipped (--offline): asking Dify for its version (dify.version: auto); {}",
+            compat.describe()
+        );
+    }
+    let asked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the check: {e}"))
+        .and_then(|rt| rt.block_on(dify_gateway::dify::version::detect(config)));
+    match asked {
+        Ok(_) => compat.describe(),
+        Err(e) => format!(
+            "could not tell which Dify version is behind the gateway ({e}); {}",
+            compat.describe()
+        ),
     }
 }
 
@@ -81,6 +112,7 @@ fn check_only(config: &Config, source: &ConfigSource, offline: bool) -> ExitCode
         return ExitCode::from(1);
     }
     let summary = config.summary();
+    let dify = dify_version_summary(config, offline);
     let uses_builtin = builtin_minter::in_use(config.sso.as_ref()).is_some();
     let redis_store = config
         .sso
@@ -94,6 +126,8 @@ fn check_only(config: &Config, source: &ConfigSource, offline: bool) -> ExitCode
         } else if redis_store {
             "; skipped (--offline): connecting to Dify's Redis (dify.redis_url) for sso.store"
                 .to_string()
+        } else if Compat::from_config(&config.dify).auto() {
+            String::new()
         } else {
             "; --offline: nothing to skip, this configuration connects to no other server at start-up"
                 .to_string()
@@ -120,6 +154,6 @@ fn check_only(config: &Config, source: &ConfigSource, offline: bool) -> ExitCode
             }
         }
     };
-    println!("dify-gateway: configuration {source} is ok: {summary}{checked}");
+    println!("dify-gateway: configuration {source} is ok: {summary}{checked}; {dify}");
     ExitCode::SUCCESS
 }

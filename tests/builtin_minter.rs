@@ -1074,8 +1074,19 @@ async fn check_runs_the_startup_checks_and_offline_names_what_it_skips() {
 
 #[test]
 fn offline_needs_test_and_says_when_there_is_nothing_to_skip() {
+    // dify.version: auto (the default) asks Dify at start-up, so there is that to skip.
     let (code, stdout, stderr) = check(
         "server:\n  listen: [\"127.0.0.1:18080\"]\n",
+        &["--offline"],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("skipped (--offline): asking Dify for its version"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = check(
+        "server:\n  listen: [\"127.0.0.1:18080\"]\ndify:\n  version: \"1.14.2\"\n",
         &["--offline"],
         &[],
     );

@@ -11,6 +11,7 @@ pub mod refresh_tokens;
 pub mod session;
 pub mod store;
 pub mod tokens;
+pub mod version;
 
 use crate::config::Issue;
 use crate::sso::Secret;
@@ -35,8 +36,19 @@ pub enum SessionDelivery {
 pub struct DifyConfig {
     /// Dify's `SECRET_KEY`: checks the access token's signature and signs CSRF tokens.
     pub secret_key: Secret,
-    /// `cookie` unless given; the seed's environment without a secret key picks `query`.
+    /// Unset: follows the Dify version (`cookie` from 1.9.2, `query` before; `cookie` while the
+    /// version is unknown); the seed's environment without a secret key picks `query`.
     pub session_delivery: Option<SessionDelivery>,
+    /// The Dify behind the gateway: `auto` (ask Dify's `/health`) or a version such as `1.14.2`.
+    /// What depends on it: [`version::Compat`].
+    #[serde(deserialize_with = "de_version")]
+    pub version: String,
+    /// How often `auto` asks Dify again, so an upgraded Dify is followed without a reload.
+    #[serde(deserialize_with = "crate::config::units::de_duration")]
+    pub version_check_interval: std::time::Duration,
+    /// The access token's `iss`: `SELF_HOSTED`, `COMMUNITY`, `ENTERPRISE` or `CLOUD`. Unset:
+    /// what the Dify version writes (`SELF_HOSTED` before 1.17, `COMMUNITY` from 1.17).
+    pub edition: Option<String>,
     /// Where a signed-in user lands when no return target survives: a path or an absolute URL.
     pub home: Option<String>,
     /// Dify's `CONSOLE_WEB_URL` and `CONSOLE_API_URL`: both https -> cookies get `Secure`.
@@ -71,6 +83,9 @@ impl Default for DifyConfig {
         DifyConfig {
             secret_key: Secret::default(),
             session_delivery: None,
+            version: "auto".into(),
+            version_check_interval: std::time::Duration::from_secs(60),
+            edition: None,
             home: None,
             console_web_url: String::new(),
             console_api_url: String::new(),
@@ -84,6 +99,23 @@ impl Default for DifyConfig {
             dataset_operator_enabled: None,
             env_issues: Vec::new(),
         }
+    }
+}
+
+/// `dify.version` as text. A bare YAML number is refused rather than read: `1.10` would be the
+/// float 1.1.
+fn de_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Number(serde_json::Number),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Text(s) => Ok(s),
+        Raw::Number(n) => Err(serde::de::Error::custom(format!(
+            "expected auto or a Dify version in quotes such as \"1.14.2\" (a bare {n} reads as a number)"
+        ))),
     }
 }
 
@@ -112,8 +144,14 @@ fn parse_env_bool(text: &str) -> Option<bool> {
 pub const DEFAULT_HOME: &str = "/apps";
 
 impl DifyConfig {
+    /// The delivery as configured: `dify.session_delivery`, else what a fixed `dify.version`
+    /// implies, else cookie. At run time [`version::Compat::delivery`] also follows a detected
+    /// version.
     pub fn delivery(&self) -> SessionDelivery {
-        self.session_delivery.unwrap_or(SessionDelivery::Cookie)
+        match version::VersionSetting::parse(&self.version) {
+            Ok(version::VersionSetting::Fixed(v)) => self.session_delivery.unwrap_or(v.delivery()),
+            _ => self.session_delivery.unwrap_or(SessionDelivery::Cookie),
+        }
     }
 
     pub fn home(&self) -> &str {
@@ -167,6 +205,25 @@ impl DifyConfig {
             issues.push(Issue::new(
                 "dify.redis_key_prefix",
                 "expected Dify's REDIS_KEY_PREFIX, text without control characters",
+            ));
+        }
+        if let Err(e) = version::VersionSetting::parse(&self.version) {
+            issues.push(Issue::new("dify.version", e));
+        }
+        if let Some(e) = &self.edition
+            && version::Edition::parse(e).is_none()
+        {
+            issues.push(Issue::new(
+                "dify.edition",
+                format!(
+                    "expected one of SELF_HOSTED, COMMUNITY, ENTERPRISE, CLOUD (the iss Dify writes), got {e:?}"
+                ),
+            ));
+        }
+        if self.version_check_interval < std::time::Duration::from_millis(100) {
+            issues.push(Issue::new(
+                "dify.version_check_interval",
+                "expected a duration of at least 100ms such as 60s",
             ));
         }
         let home = self.home();

@@ -4,6 +4,7 @@
 use super::cookies::{CookiePolicy, is_cookie_safe};
 use super::redirect::append_query;
 use super::tokens::{TokenError, mint_csrf_token, verify_access_token};
+use super::version::Compat;
 use super::{DifyConfig, SessionDelivery};
 use crate::sso::mask;
 use std::fmt;
@@ -43,6 +44,8 @@ pub struct CheckedSession {
     pub session: DifySession,
     /// Known when the access token was checked (a secret key is configured).
     pub user_id: Option<String>,
+    /// Decided once, at the check, so a Dify upgrade seen in between cannot split the handover.
+    pub delivery: SessionDelivery,
 }
 
 /// What to send the browser to hand the session over.
@@ -54,10 +57,11 @@ pub enum Handover {
     Redirect(String),
 }
 
-/// Built once per configuration.
+/// Built once per configuration. The delivery follows the Dify version when it is not set, so it is
+/// resolved per sign-in (one atomic load) rather than fixed here.
 #[derive(Clone)]
 pub struct SessionHandoff {
-    delivery: SessionDelivery,
+    compat: Compat,
     policy: CookiePolicy,
     secret: Option<String>,
     csrf_ttl: Duration,
@@ -66,7 +70,7 @@ pub struct SessionHandoff {
 impl SessionHandoff {
     pub fn new(dify: &DifyConfig) -> SessionHandoff {
         SessionHandoff {
-            delivery: dify.delivery(),
+            compat: Compat::from_config(dify),
             policy: CookiePolicy::from_config(dify),
             secret: dify.secret_key().map(str::to_string),
             csrf_ttl: Duration::from_secs(dify.access_token_expire_minutes.saturating_mul(60)),
@@ -74,7 +78,7 @@ impl SessionHandoff {
     }
 
     pub fn delivery(&self) -> SessionDelivery {
-        self.delivery
+        self.compat.delivery()
     }
 
     /// Checks what Dify will check (signature, expiry, user) when a key is known, and for cookie
@@ -85,7 +89,8 @@ impl SessionHandoff {
             None => None,
         };
         let mut session = session;
-        if self.delivery == SessionDelivery::Cookie {
+        let delivery = self.delivery();
+        if delivery == SessionDelivery::Cookie {
             if session.csrf_token.as_deref().is_none_or(str::is_empty) {
                 let (Some(key), Some(user)) = (&self.secret, &user_id) else {
                     return Err(SessionError::NoSecretKey);
@@ -105,13 +110,17 @@ impl SessionHandoff {
                 }
             }
         }
-        Ok(CheckedSession { session, user_id })
+        Ok(CheckedSession {
+            session,
+            user_id,
+            delivery,
+        })
     }
 
     /// The handover for `landing` (a path or absolute URL the browser goes to next).
     pub fn handover(&self, checked: &CheckedSession, landing: &str) -> Handover {
         let s = &checked.session;
-        match self.delivery {
+        match checked.delivery {
             SessionDelivery::Cookie => Handover::Cookies(self.policy.session_set_cookies(
                 &s.access_token,
                 &s.refresh_token,

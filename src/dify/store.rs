@@ -11,14 +11,21 @@
 //! - `account_integrates`: id, account_id, provider (varchar(16)), open_id, encrypted_token
 //!   (NOT NULL; Dify's own OAuth login writes ""), created_at, updated_at
 //!
+//! - `accounts.normalized_email` (Dify 1.17 and later, nullable, indexed, not unique), only when
+//!   the table has it: filled on every account the minter creates (and on an existing one that
+//!   lacks it), and matched when looking a person up ([`normalize_email`]). Whether the column
+//!   exists is looked up once and again whenever the detected Dify version changes.
+//!
 //! Dify's schema has no unique constraint on `accounts.email`, so concurrent first sign-ins of
-//! one user are serialized with a transaction-scoped advisory lock on the lower-cased email (and
-//! on the provider's subject when linking), then find-or-create runs under it.
+//! one user are serialized with a transaction-scoped advisory lock on the lower-cased email (the
+//! normalized one where the column exists, so `Jane.Doe+x@gmail.com` and `janedoe@gmail.com` wait
+//! for each other), and on the provider's subject when linking; then find-or-create runs under it.
 
 use super::pg_tls::{Check, TlsSettings};
 use super::provisioning::Provisioning;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -83,6 +90,26 @@ pub const REQUIRED_COLUMNS: &[(&str, &[(&str, &str)])] = &[
     ),
 ];
 
+/// Dify's `accounts.normalized_email` (Dify 1.17; langgenius/dify pull request 41249, "normalize
+/// Gmail registration emails", which adds the column with "Gmail dot, `+alias`, and
+/// `googlemail.com` normalization"; Dify's own sign-up refuses an account whose normalized email
+/// is taken, while login keeps matching on `email`). The rule: the address lower-cased and
+/// trimmed; for `gmail.com` and `googlemail.com` the local part loses everything from the first
+/// `+` and every dot, and the domain becomes `gmail.com`. Every other address is only
+/// lower-cased. The domain is what follows the last `@`.
+/// (The stored copies of Dify's source that could be searched predate 1.17; the rule is the
+/// pull request's description together with reference §9, which agree.)
+pub fn normalize_email(email: &str) -> String {
+    let lower = email.trim().to_lowercase();
+    match lower.rsplit_once('@') {
+        Some((local, "gmail.com" | "googlemail.com")) => {
+            let local = local.split('+').next().unwrap_or_default().replace('.', "");
+            format!("{local}@gmail.com")
+        }
+        _ => lower,
+    }
+}
+
 /// Who is signing in, as the store needs it.
 #[derive(Debug, Clone)]
 pub struct SignInRequest<'a> {
@@ -119,16 +146,25 @@ pub enum StoreError {
     Before(String),
 }
 
-/// The first account (id, status) a look-up query returns.
+/// The first account (id, status, email) a look-up query returns.
 async fn find_account(
     tx: &deadpool_postgres::Transaction<'_>,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<Option<(Uuid, String)>, StoreError> {
+) -> Result<Option<(Uuid, String, String)>, StoreError> {
     let q = tx.prepare_cached(sql).await.map_err(db_err)?;
     let row = tx.query_opt(&q, params).await.map_err(db_err)?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
 }
+
+/// Whether `accounts.normalized_email` exists, in the schemas the connection sees.
+const HAS_NORMALIZED_EMAIL: &str = "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+     WHERE table_schema = ANY (current_schemas(false)) AND table_name = 'accounts' AND column_name = 'normalized_email')";
+
+/// [`DifyStore`]'s memory of the schema: 0 unknown, else `epoch << 2 | 1` (without the column) or
+/// `epoch << 2 | 2` (with it), `epoch` being the detected Dify version it was seen under.
+const SCHEMA_WITHOUT: u64 = 1;
+const SCHEMA_WITH: u64 = 2;
 
 fn db_err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Database(describe_pg(&e))
@@ -145,6 +181,7 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
 /// A pool of connections to Dify's database.
 pub struct DifyStore {
     pool: Pool,
+    schema: AtomicU64,
 }
 
 /// `dify.database_url` ready to connect: tokio-postgres's settings and the TLS connector that
@@ -222,7 +259,10 @@ impl DifyStore {
             .recycle_timeout(timeout)
             .build()
             .map_err(|e| format!("dify.database_url: {e}"))?;
-        Ok(DifyStore { pool })
+        Ok(DifyStore {
+            pool,
+            schema: AtomicU64::new(0),
+        })
     }
 
     /// Finds or creates the account, links and joins it and records the login; runs `before_commit`
@@ -238,15 +278,62 @@ impl DifyStore {
         F: FnOnce(SignedIn) -> Fut,
         Fut: Future<Output = Result<T, String>>,
     {
+        let result = self.sign_in_once(prov, req, before_commit).await;
+        if matches!(result, Err(StoreError::Database(_))) {
+            // The schema may have changed under us (Dify migrated): look again next time.
+            self.schema.store(0, Ordering::Release);
+        }
+        result
+    }
+
+    /// Whether Dify's `accounts` has `normalized_email`, remembered until the detected Dify
+    /// version changes (a Dify upgrade runs its migrations) or a statement fails.
+    async fn has_normalized_email(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<bool, StoreError> {
+        let epoch = super::version::DETECTED.epoch();
+        let known = self.schema.load(Ordering::Acquire);
+        if known != 0 && known >> 2 == epoch {
+            return Ok(known & 3 == SCHEMA_WITH);
+        }
+        let q = tx
+            .prepare_cached(HAS_NORMALIZED_EMAIL)
+            .await
+            .map_err(db_err)?;
+        let has: bool = tx.query_one(&q, &[]).await.map_err(db_err)?.get(0);
+        let state = if has { SCHEMA_WITH } else { SCHEMA_WITHOUT };
+        self.schema.store((epoch << 2) | state, Ordering::Release);
+        Ok(has)
+    }
+
+    async fn sign_in_once<T, F, Fut>(
+        &self,
+        prov: &Provisioning,
+        req: &SignInRequest<'_>,
+        before_commit: F,
+    ) -> Result<(SignedIn, T), StoreError>
+    where
+        F: FnOnce(SignedIn) -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(db_err)?;
+        // Dify 1.17's column, when this Dify has it; `None` leaves every statement as before.
+        let normalized = self
+            .has_normalized_email(&tx)
+            .await?
+            .then(|| normalize_email(req.email));
         let lock = tx
             .prepare_cached("SELECT pg_advisory_xact_lock($1::int4, hashtext($2::text))")
             .await
             .map_err(db_err)?;
-        tx.execute(&lock, &[&LOCK_EMAIL, &req.email])
-            .await
-            .map_err(db_err)?;
+        tx.execute(
+            &lock,
+            &[&LOCK_EMAIL, &normalized.as_deref().unwrap_or(req.email)],
+        )
+        .await
+        .map_err(db_err)?;
         let link = prov
             .integrate_provider
             .as_deref()
@@ -258,29 +345,41 @@ impl DifyStore {
         }
 
         // Like Dify's own OAuth login: the provider's link first, then the email (exact, then
-        // case-insensitive for addresses stored with capitals).
-        let mut found: Option<(Uuid, String)> = None;
+        // case-insensitive for addresses stored with capitals), then, where Dify keeps one, the
+        // normalized email: the person Dify knows as Jane.Doe+x@gmail.com is not created again as
+        // janedoe@gmail.com (Dify 1.17 would refuse to create that second account itself).
+        let mut found: Option<(Uuid, String, String)> = None;
         if let Some((provider, _)) = &link {
             found = find_account(
                 &tx,
-                "SELECT a.id, a.status FROM account_integrates i JOIN accounts a ON a.id = i.account_id \
+                "SELECT a.id, a.status, a.email FROM account_integrates i JOIN accounts a ON a.id = i.account_id \
                  WHERE i.provider = $1 AND i.open_id = $2 LIMIT 1",
                 &[provider, &req.subject],
             )
             .await?;
         }
         for by_email in [
-            "SELECT id, status FROM accounts WHERE email = $1 ORDER BY created_at LIMIT 1",
-            "SELECT id, status FROM accounts WHERE lower(email) = $1 ORDER BY created_at LIMIT 1",
+            "SELECT id, status, email FROM accounts WHERE email = $1 ORDER BY created_at LIMIT 1",
+            "SELECT id, status, email FROM accounts WHERE lower(email) = $1 ORDER BY created_at LIMIT 1",
         ] {
             if found.is_none() {
                 found = find_account(&tx, by_email, &[&req.email]).await?;
             }
         }
+        if let Some(n) = &normalized
+            && found.is_none()
+        {
+            found = find_account(
+                &tx,
+                "SELECT id, status, email FROM accounts WHERE normalized_email = $1 ORDER BY created_at LIMIT 1",
+                &[n],
+            )
+            .await?;
+        }
 
         let ip = req.client_ip.as_deref();
         let (account_id, created) = match found {
-            Some((id, status)) => {
+            Some((id, status, email)) => {
                 match status.as_str() {
                     "banned" => {
                         return Err(StoreError::Refused(
@@ -305,6 +404,19 @@ impl DifyStore {
                     .await
                     .map_err(db_err)?;
                 tx.execute(&q, &[&id, &ip]).await.map_err(db_err)?;
+                if normalized.is_some() {
+                    // An account made before Dify 1.17 (or by an older gateway) without the column
+                    // filled is invisible to Dify's own collision check: fill it from its email.
+                    let q = tx
+                        .prepare_cached(
+                            "UPDATE accounts SET normalized_email = $2 WHERE id = $1 AND normalized_email IS NULL",
+                        )
+                        .await
+                        .map_err(db_err)?;
+                    tx.execute(&q, &[&id, &normalize_email(&email)])
+                        .await
+                        .map_err(db_err)?;
+                }
                 (id, false)
             }
             None if !prov.create_accounts => {
@@ -337,6 +449,13 @@ impl DifyStore {
                 )
                 .await
                 .map_err(db_err)?;
+                if let Some(n) = &normalized {
+                    let q = tx
+                        .prepare_cached("UPDATE accounts SET normalized_email = $2 WHERE id = $1")
+                        .await
+                        .map_err(db_err)?;
+                    tx.execute(&q, &[&id, n]).await.map_err(db_err)?;
+                }
                 (id, true)
             }
         };
@@ -454,9 +573,18 @@ impl DifyStore {
     }
 }
 
+/// What the start-up check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaReport {
+    /// `workspace "<name>"`.
+    pub workspace: String,
+    /// Dify 1.17's `accounts.normalized_email` is there (and will be filled).
+    pub normalized_email: bool,
+}
+
 /// Startup check: the tables and columns exist with Dify's types, and the workspace exists.
 /// Opens its own connection (not the pool), so it can run in a throwaway runtime.
-pub async fn check_database(url: &str, prov: &Provisioning) -> Result<String, String> {
+pub async fn check_database(url: &str, prov: &Provisioning) -> Result<SchemaReport, String> {
     let db = parse_url(url).map_err(|e| format!("dify.database_url: {e}"))?;
     let (client, connection) = db.config.connect(db.tls.clone()).await.map_err(|e| {
         format!(
@@ -476,6 +604,19 @@ pub async fn check_database(url: &str, prov: &Provisioning) -> Result<String, St
             .map_err(|e| format!("dify.database_url: cannot read Dify's schema ({})", describe_pg(&e)))?;
         let have: Vec<(String, String, String)> =
             rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+        let normalized_email = match have
+            .iter()
+            .find(|(t, c, _)| t == "accounts" && c == "normalized_email")
+        {
+            None => false,
+            Some((_, _, ty)) if ty == "character varying" => true,
+            Some((_, _, ty)) => {
+                return Err(format!(
+                    "Dify's column accounts.normalized_email is {ty}, expected character varying (Dify 1.17): \
+                     this Dify version's schema is not supported by sso.minter: builtin"
+                ));
+            }
+        };
         for (table, columns) in REQUIRED_COLUMNS {
             if *table == "account_integrates" && prov.integrate_provider.is_none() {
                 continue;
@@ -522,7 +663,10 @@ pub async fn check_database(url: &str, prov: &Provisioning) -> Result<String, St
                 r.get::<_, String>(0),
                 r.get::<_, String>(1)
             )),
-            Some(r) => Ok(format!("workspace {:?}", r.get::<_, String>(0))),
+            Some(r) => Ok(SchemaReport {
+                workspace: format!("workspace {:?}", r.get::<_, String>(0)),
+                normalized_email,
+            }),
         }
     }
     .await;
@@ -544,6 +688,29 @@ pub fn describe_pg(e: &tokio_postgres::Error) -> String {
                 source = inner.source();
             }
             s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_email;
+
+    #[test]
+    fn normalized_email_follows_dify() {
+        for (email, normalized) in [
+            ("Jane.Doe+x@gmail.com", "janedoe@gmail.com"),
+            ("janedoe@gmail.com", "janedoe@gmail.com"),
+            ("j.a.n.e.doe@GoogleMail.com", "janedoe@gmail.com"),
+            ("jane+a+b@gmail.com", "jane@gmail.com"),
+            ("+x@gmail.com", "@gmail.com"),
+            (" Jane.Doe+x@Example.COM ", "jane.doe+x@example.com"),
+            ("jane.doe@gmail.com.evil", "jane.doe@gmail.com.evil"),
+            ("jane.doe@mail.gmail.com", "jane.doe@mail.gmail.com"),
+            ("not-an-email", "not-an-email"),
+            ("\"a@b\"@gmail.com", "\"a@b\"@gmail.com"),
+        ] {
+            assert_eq!(normalize_email(email), normalized, "{email}");
         }
     }
 }

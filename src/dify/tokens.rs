@@ -1,6 +1,7 @@
 //! Dify's JWTs (reference §2): the access token, HS256 with `SECRET_KEY`, carrying `user_id`; and the
 //! CSRF token `{"sub": <user id>, "exp": ...}` signed the same way.
 
+use super::version::Edition;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -94,12 +95,19 @@ pub fn verify_csrf_token(secret: &str, token: &str) -> Option<String> {
     .map(|d| d.claims.sub)
 }
 
-/// An access token as Dify mints it; for tests, demos and a later gateway that mints sessions.
+/// An access token as Dify before 1.17 mints it (`iss` `SELF_HOSTED`); for tests and demos.
 pub fn mint_access_token(secret: &str, user_id: &str, ttl: Duration) -> String {
+    mint_access_token_as(secret, user_id, ttl, Edition::SelfHosted)
+}
+
+/// An access token as Dify mints it, with `iss` the edition Dify itself would write (its
+/// `EDITION` before 1.17, the deployment edition from 1.17; [`super::version::Compat::edition`]).
+/// Dify does not check `iss`, but what the gateway mints should be indistinguishable from Dify's.
+pub fn mint_access_token_as(secret: &str, user_id: &str, ttl: Duration, iss: Edition) -> String {
     let claims = serde_json::json!({
         "user_id": user_id,
         "exp": now_secs() + ttl.as_secs(),
-        "iss": "SELF_HOSTED",
+        "iss": iss.as_str(),
         "sub": "Console API Passport",
     });
     jsonwebtoken::encode(
@@ -128,6 +136,19 @@ mod tests {
     fn access_token_round_trip_gives_user_id() {
         let t = mint_access_token(KEY, USER, Duration::from_secs(3600));
         assert_eq!(verify_access_token(KEY, &t), Ok(USER.to_string()));
+    }
+
+    #[test]
+    fn access_token_carries_the_edition_as_iss() {
+        for e in Edition::ALL {
+            let t = mint_access_token_as(KEY, USER, Duration::from_secs(60), e);
+            let claims = jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(&t)
+                .unwrap()
+                .claims;
+            assert_eq!(claims["iss"], e.as_str());
+            assert_eq!(claims["sub"], "Console API Passport");
+            assert_eq!(verify_access_token(KEY, &t), Ok(USER.to_string()));
+        }
     }
 
     #[test]

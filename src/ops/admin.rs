@@ -63,10 +63,11 @@ impl AdminApp {
             .filter(|u| !u.is_ready())
             .map(|u| u.name.as_str())
             .collect();
+        let dify = dify_info(&snap.config.dify);
         if down.is_empty() {
             (
                 200,
-                serde_json::json!({"status": "ready", "config_generation": snap.generation}),
+                serde_json::json!({"status": "ready", "config_generation": snap.generation, "dify": dify}),
             )
         } else {
             (
@@ -75,8 +76,22 @@ impl AdminApp {
                     "status": "not_ready",
                     "unreachable_upstreams": down,
                     "config_generation": snap.generation,
+                    "dify": dify,
                 }),
             )
         }
     }
+}
+
+/// Which Dify the gateway behaves for, and what follows from it.
+fn dify_info(dify: &crate::dify::DifyConfig) -> serde_json::Value {
+    use crate::dify::version::{Compat, delivery_name};
+    let compat = Compat::from_config(dify);
+    let (version, source) = compat.version();
+    serde_json::json!({
+        "version": version.map(|v| v.to_string()),
+        "version_source": source.as_str(),
+        "session_delivery": delivery_name(compat.delivery()),
+        "iss": compat.edition().as_str(),
+    })
 }

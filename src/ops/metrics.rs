@@ -23,6 +23,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
     pub config_info: IntGaugeVec,
+    pub dify_info: IntGaugeVec,
 }
 
 /// Latency buckets from 1 ms to an hour-long LLM run.
@@ -91,7 +92,19 @@ impl Metrics {
         registry
             .register(Box::new(info.clone()))
             .expect("unique metric");
+        let dify_info = IntGaugeVec::new(
+            Opts::new(
+                name("dify_info"),
+                "The Dify version the gateway behaves for (value 1): detected, set by dify.version, or unknown",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(dify_info.clone()))
+            .expect("unique metric");
         Metrics {
+            dify_info,
             requests: counter_vec(
                 "requests_total",
                 "Requests answered, by route prefix, upstream and status class",
@@ -157,6 +170,14 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Marks `version` (or `unknown`) as the Dify behind the gateway.
+    pub fn set_dify_version(&self, version: &str) {
+        self.dify_info.reset();
+        self.dify_info.with_label_values(&[version]).set(1);
+    }
+}
+
 /// `2xx`, `4xx`, ... (`0` when nothing was answered).
 pub fn status_class(status: u16) -> &'static str {
     match status {
@@ -186,5 +207,11 @@ mod tests {
         ));
         assert!(text.contains("dify_gateway_config_generation 3"));
         assert!(text.contains("dify_gateway_config_info{hash=\"abc\"} 1"));
+        METRICS.set_dify_version("1.17.1");
+        let text = String::from_utf8(METRICS.render()).unwrap();
+        assert!(
+            text.contains("dify_gateway_dify_info{version=\"1.17.1\"} 1"),
+            "{text}"
+        );
     }
 }

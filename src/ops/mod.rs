@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod reload;
 pub mod server;
 pub mod upstream_health;
+pub mod version_watch;

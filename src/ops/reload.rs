@@ -101,6 +101,13 @@ impl Reloader {
                 return false;
             }
         };
+        // Asked on every reload, the unchanged file included: a SIGHUP is how an operator says
+        // "Dify was upgraded, look again".
+        if let Err(e) = crate::dify::version::detect(&config).await {
+            log::warn!(
+                "reload: could not tell which Dify version is behind the gateway ({e}); keeping what was known"
+            );
+        }
         if config.hash == old.config.hash {
             log::info!("configuration unchanged (hash {})", config.hash);
             METRICS

@@ -10,6 +10,7 @@ use crate::ops::listeners::{self, ListenerProbe};
 use crate::ops::metrics::METRICS;
 use crate::ops::reload::Reloader;
 use crate::ops::upstream_health::UpstreamHealth;
+use crate::ops::version_watch::VersionWatch;
 use crate::proxy::DifyGateway;
 use crate::proxy::connection::ClientConnections;
 use crate::state::{SharedSnapshot, Snapshot};
@@ -121,6 +122,12 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
         "listener probe",
         ListenerProbe {
             addrs: probed.collect(),
+        },
+    ));
+    server.add_service(background_service(
+        "dify version watch",
+        VersionWatch {
+            state: state.clone(),
         },
     ));
     server.add_service(background_service(

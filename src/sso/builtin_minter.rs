@@ -11,7 +11,8 @@ use super::protocol::Identity;
 use crate::dify::provisioning::Provisioning;
 use crate::dify::refresh_tokens::RefreshTokens;
 use crate::dify::store::{DifyStore, SignInRequest, StoreError};
-use crate::dify::tokens::{mint_access_token, new_refresh_token};
+use crate::dify::tokens::{mint_access_token_as, new_refresh_token};
+use crate::dify::version::Compat;
 use crate::dify::{DifyConfig, DifySession};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,8 @@ pub struct BuiltinMinter {
     secret: String,
     access_ttl: Duration,
     refresh_ttl: Duration,
+    /// The `iss` follows the Dify version, which may be detected after this was built.
+    compat: Compat,
 }
 
 impl BuiltinMinter {
@@ -47,6 +50,7 @@ impl BuiltinMinter {
             secret,
             access_ttl: Duration::from_secs(dify.access_token_expire_minutes.saturating_mul(60)),
             refresh_ttl: refresh_ttl(dify),
+            compat: Compat::from_config(dify),
         })
     }
 }
@@ -143,7 +147,12 @@ impl Minter for BuiltinMinter {
             created = signed.created, joined = signed.joined, elapsed_ms = started.elapsed().as_millis() as u64;
             "builtin minter: Dify session minted");
         Ok(DifySession {
-            access_token: mint_access_token(&self.secret, &account_id, self.access_ttl),
+            access_token: mint_access_token_as(
+                &self.secret,
+                &account_id,
+                self.access_ttl,
+                self.compat.edition(),
+            ),
             refresh_token,
             // The handover mints it (same key, access token lifetime), as for every minter.
             csrf_token: None,
@@ -155,7 +164,8 @@ impl Minter for BuiltinMinter {
 /// Returns a one-line summary, or the precise problem.
 pub async fn preflight(sso: &SsoConfig, dify: &DifyConfig) -> Result<String, String> {
     let prov = sso.provisioning.resolve(dify.dataset_operator_enabled())?;
-    let workspace = crate::dify::store::check_database(dify.database_url.expose(), &prov).await?;
+    let schema = crate::dify::store::check_database(dify.database_url.expose(), &prov).await?;
+    let workspace = &schema.workspace;
     let redis = RefreshTokens::new(
         crate::dify::redis_conn::dify_client(dify)?,
         key_prefix(dify),
@@ -164,9 +174,29 @@ pub async fn preflight(sso: &SsoConfig, dify: &DifyConfig) -> Result<String, Str
         .await
         .map_err(|_| "dify.redis_url: Redis did not answer within 10s".to_string())?
         .map_err(|e| format!("dify.redis_url: {e}"))?;
-    Ok(format!(
+    let mut summary = format!(
         "Dify's database has the tables sso.minter: builtin needs, {workspace} exists, Redis answers"
-    ))
+    );
+    if schema.normalized_email {
+        summary.push_str(", accounts.normalized_email is filled (Dify 1.17 schema)");
+    }
+    // The schema the Dify version implies, against the one the database has.
+    if let (Some(v), _) = Compat::from_config(dify).version()
+        && v.has_normalized_email() != schema.normalized_email
+    {
+        let warning = if schema.normalized_email {
+            format!(
+                "Dify {v} predates accounts.normalized_email, yet the database has it; it is filled anyway"
+            )
+        } else {
+            format!(
+                "Dify {v} keeps accounts.normalized_email, but this database lacks it: have Dify's migrations run (flask upgrade-db)?"
+            )
+        };
+        log::warn!("sso.minter builtin: {warning}");
+        summary.push_str(&format!("; note: {warning}"));
+    }
+    Ok(summary)
 }
 
 /// The `sso` section when it signs in with the builtin minter.

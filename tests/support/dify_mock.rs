@@ -14,6 +14,16 @@
 //! Legacy mode (Dify <= 1.9.1): `?access_token=..&refresh_token=..` on the landing URL signs the
 //! page in, and the API takes `Authorization: Bearer` without CSRF.
 //!
+//! Versions: the mock is the Dify release its settings name ([`DifySettings::for_version`]) where
+//! the reference says releases differ: `GET /health` answers `{"status": "ok", "version": ..}`
+//! and every answer carries `X-Version` (the gateway's `dify.version: auto` reads them); before
+//! 1.9.2 it is the legacy front end (tokens on the landing URL, Bearer, no CSRF); the access
+//! token's `iss` is recorded for each request (Dify checks only signature, `exp`, `token_source`
+//! and the user, so it does not refuse any `iss`; tests compare it with what the release writes,
+//! [`DifySettings::expected_iss`]); [`DifySettings::schema_sql`] is that release's database, with
+//! `accounts.normalized_email` from 1.17. The web-app passport (reference §8) is the same in every
+//! release the reference covers (1.9 to 1.17), so nothing here depends on the version for it.
+//!
 //! Depends only on `mock_http.rs`.
 
 #![allow(dead_code)]
@@ -32,6 +42,18 @@ pub struct DifySettings {
     pub cookie_domain: String,
     /// Dify <= 1.9.1: tokens on the landing URL and Bearer, no CSRF.
     pub legacy: bool,
+    /// The release `/health` and `X-Version` report ("1.14.2" when empty).
+    pub version: String,
+}
+
+/// `x.y.z` as numbers, for comparisons.
+pub fn version_tuple(v: &str) -> (u32, u32, u32) {
+    let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    )
 }
 
 impl DifySettings {
@@ -40,6 +62,43 @@ impl DifySettings {
             secret_key: secret_key.into(),
             ..Default::default()
         }
+    }
+
+    /// The settings of Dify release `version` (`"1.9.1"`, `"1.14.2"`, `"1.17.1"`).
+    pub fn for_version(secret_key: &str, version: &str) -> DifySettings {
+        DifySettings {
+            secret_key: secret_key.into(),
+            legacy: version_tuple(version) < (1, 9, 2),
+            version: version.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn version(&self) -> &str {
+        if self.version.is_empty() {
+            "1.14.2"
+        } else {
+            &self.version
+        }
+    }
+
+    /// The `iss` this release writes into console access tokens (reference §2 and §9).
+    pub fn expected_iss(&self) -> &'static str {
+        if version_tuple(self.version()) >= (1, 17, 0) {
+            "COMMUNITY"
+        } else {
+            "SELF_HOSTED"
+        }
+    }
+
+    /// This release's database: the fixture schema, plus `accounts.normalized_email` from 1.17
+    /// (varchar(255), nullable, indexed, not unique).
+    pub fn schema_sql(&self) -> String {
+        let mut sql = include_str!("../fixtures/dify_schema.sql").to_string();
+        if version_tuple(self.version()) >= (1, 17, 0) {
+            sql.push_str(NORMALIZED_EMAIL_SQL);
+        }
+        sql
     }
 
     fn secure(&self) -> bool {
@@ -67,6 +126,10 @@ impl DifySettings {
     }
 }
 
+/// What Dify 1.17's migration adds to `accounts`.
+pub const NORMALIZED_EMAIL_SQL: &str = "\nALTER TABLE accounts ADD COLUMN normalized_email character varying(255);\n\
+     CREATE INDEX account_normalized_email_idx ON accounts USING btree (normalized_email);\n";
+
 /// One request the mock received.
 #[derive(Debug, Clone)]
 pub struct DifyRequest {
@@ -77,10 +140,14 @@ pub struct DifyRequest {
     pub status: u16,
     /// The account the request was authenticated as, if any.
     pub user_id: Option<String>,
+    /// The `iss` of the access token it was authenticated with.
+    pub iss: Option<String>,
 }
 
 struct Shared {
     settings: DifySettings,
+    /// What `/health` and `X-Version` say now (an upgrade changes it).
+    version: Mutex<String>,
     /// account id -> name
     accounts: Mutex<HashMap<String, String>>,
     requests: Mutex<Vec<DifyRequest>>,
@@ -98,6 +165,7 @@ impl DifyMock {
 
     pub async fn start_on(bind: &str, settings: DifySettings) -> DifyMock {
         let shared = Arc::new(Shared {
+            version: Mutex::new(settings.version().to_string()),
             settings,
             accounts: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
@@ -131,6 +199,24 @@ impl DifyMock {
 
     pub fn settings(&self) -> &DifySettings {
         &self.shared.settings
+    }
+
+    /// Dify was upgraded: `/health` and `X-Version` report `version` from now on.
+    pub fn set_version(&self, version: &str) {
+        *self.shared.version.lock().unwrap() = version.into();
+    }
+
+    /// The `iss` of every authenticated request, in order.
+    pub fn seen_iss(&self) -> Vec<String> {
+        self.requests().into_iter().filter_map(|r| r.iss).collect()
+    }
+
+    /// How many times `/health` was asked.
+    pub fn health_checks(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.path == "/health")
+            .count()
     }
 }
 
@@ -206,7 +292,22 @@ fn unauthorized(message: &str) -> MockResponse {
 }
 
 fn handle(s: &Shared, r: MockRequest) -> MockResponse {
-    let (answer, user) = route(s, &r);
+    let version = s.version.lock().unwrap().clone();
+    let (answer, user) = if r.method == "GET" && r.path == "/health" {
+        (
+            MockResponse::json(200, &json!({"status": "ok", "version": version})),
+            None,
+        )
+    } else {
+        route(s, &r)
+    };
+    // The token the request was authenticated with, as the route read it.
+    let iss = user.as_ref().and_then(|_| {
+        let token = access_token(s, &r).or_else(|| r.query_param("access_token"))?;
+        decode(&s.settings.secret_key, &token).ok()?["iss"]
+            .as_str()
+            .map(str::to_string)
+    });
     s.requests.lock().unwrap().push(DifyRequest {
         method: r.method.clone(),
         path: r.path.clone(),
@@ -214,8 +315,9 @@ fn handle(s: &Shared, r: MockRequest) -> MockResponse {
         headers: r.header_pairs(),
         status: answer.status,
         user_id: user,
+        iss,
     });
-    answer
+    answer.header("x-version", &version)
 }
 
 fn route(s: &Shared, r: &MockRequest) -> (MockResponse, Option<String>) {
@@ -232,7 +334,7 @@ fn route(s: &Shared, r: &MockRequest) -> (MockResponse, Option<String>) {
                      single sign-on is bypassed).</p>";
         return (MockResponse::html(200, page("Dify", inner)), None);
     }
-    (console_page(s, r), None)
+    console_page(s, r)
 }
 
 fn console_api(
@@ -308,7 +410,7 @@ fn console_api(
     }
 }
 
-fn console_page(s: &Shared, r: &MockRequest) -> MockResponse {
+fn console_page(s: &Shared, r: &MockRequest) -> (MockResponse, Option<String>) {
     let settings = &s.settings;
     // Legacy front end: tokens on the landing URL, kept in localStorage, sent as Bearer.
     let legacy_token = settings
@@ -324,6 +426,7 @@ fn console_page(s: &Shared, r: &MockRequest) -> MockResponse {
         Some(q) => format!("{}?{q}", r.path),
         None => r.path.clone(),
     };
+    let user = signed_in.as_ref().ok().map(|(id, _)| id.clone());
     let inner = match signed_in {
         Ok((id, name)) => {
             let script = if settings.legacy {
@@ -376,7 +479,7 @@ fn console_page(s: &Shared, r: &MockRequest) -> MockResponse {
             )
         }
     };
-    MockResponse::html(200, page("Mock Dify", &inner))
+    (MockResponse::html(200, page("Mock Dify", &inner)), user)
 }
 
 /// A JavaScript string literal (JSON is one), safe inside `<script>`.

@@ -120,6 +120,13 @@ pub struct TestDb {
 
 impl Services {
     pub async fn fresh_db(&self) -> TestDb {
+        self.fresh_db_with(SCHEMA).await
+    }
+
+    /// A fresh database with `schema` (e.g. a mock Dify release's [`schema_sql`]).
+    ///
+    /// [`schema_sql`]: super::dify_mock::DifySettings::schema_sql
+    pub async fn fresh_db_with(&self, schema: &str) -> TestDb {
         let name = format!("dg_{}", uuid::Uuid::new_v4().simple());
         let (admin, conn) = tokio_postgres::connect(&self.pg_admin_url, NoTls)
             .await
@@ -132,7 +139,7 @@ impl Services {
         let url = self.db_url(&name);
         let (client, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
         tokio::spawn(conn);
-        client.batch_execute(SCHEMA).await.unwrap();
+        client.batch_execute(schema).await.unwrap();
         TestDb { name, url, client }
     }
 

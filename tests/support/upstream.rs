@@ -22,6 +22,14 @@ use tokio::task::JoinHandle;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
+/// The gateway's own `GET /health` for `dify.version: auto` (`dify::version::PROBE_USER_AGENT`).
+pub fn is_version_check(r: &Received) -> bool {
+    r.uri == "/health"
+        && r.headers
+            .iter()
+            .any(|(k, v)| k == "user-agent" && v.ends_with("(dify.version: auto)"))
+}
+
 /// A request as a mock upstream received it (the body is summarised, not kept).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Received {
@@ -106,7 +114,10 @@ impl MockUpstream {
                         let (rec, handler, tag) = (rec.clone(), handler.clone(), tag.clone());
                         async move {
                             let r = receive(&tag, req).await;
-                            rec.lock().unwrap().push(r.clone());
+                            // The gateway asking Dify's version is not a client's request.
+                            if !is_version_check(&r) {
+                                rec.lock().unwrap().push(r.clone());
+                            }
                             Ok::<_, Infallible>(handler(r).await)
                         }
                     });
