@@ -30,7 +30,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let dify_env = dify_gateway::config::nginx_env::report_process_env(&config.env_read);
     if cli.test {
+        if let Some(line) = dify_env.warning() {
+            eprintln!("dify-gateway: warning: {line}");
+        }
         println!(
             "dify-gateway: configuration {source} is ok: {}",
             config.summary()
@@ -47,6 +51,12 @@ fn main() -> ExitCode {
         }
     }
     log::info!("starting with {source}: {}", config.summary());
+    if let Some(line) = dify_env.warning() {
+        log::warn!("{line}");
+    }
+    if let Some(line) = dify_env.server_name_note() {
+        log::info!("{line}");
+    }
     match server::build(&cli, config, source) {
         Ok(server) => server.run_forever(),
         Err(e) => {
