@@ -144,7 +144,7 @@ if [ -n "$bin" ]; then
     "$venv/bin/python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["config.yaml"], end="")' \
         "$deploy/kubernetes/configmap.yaml" >"$work/k8s-config.yaml"
     run "ConfigMap config.yaml" env DIFY_API_UPSTREAM=dify-api:5001 DIFY_WEB_UPSTREAM=dify-web:3000 \
-        DIFY_PLUGIN_DAEMON_UPSTREAM=dify-plugin-daemon:5002 DIFY_WEBSOCKET_UPSTREAM=dify-api:5001 \
+        DIFY_PLUGIN_DAEMON_UPSTREAM=dify-plugin-daemon:5002 DIFY_WEBSOCKET_UPSTREAM=dify-api-websocket:5001 \
         SSO_STATE_SECRET=0123456789abcdef0123456789abcdef DIFY_SECRET_KEY=check-secret-key-0123456789 \
         "$bin" -t -c "$work/k8s-config.yaml"
     run "image config (src/config/default.yaml)" "$bin" -t -c "$root/src/config/default.yaml"

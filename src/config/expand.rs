@@ -77,22 +77,21 @@ fn expand_one(inner: &str, lookup: Lookup) -> Result<String, String> {
             "${{{inner}}}: expected ${{NAME}} or ${{NAME:-default}}"
         ));
     }
-    let default = match default {
-        Some(d) if d.contains("${") => Some(expand_with(d, lookup).map_err(|errs| {
-            errs.into_iter()
-                .map(|e| e.message)
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?),
-        Some(d) => Some(d.to_string()),
-        None => None,
-    };
+    // Expanded even when the variable is set (so every name is looked up); its errors count only
+    // when the default is used.
+    let default = default.map(|d| match d.contains("${") {
+        true => expand_with(d, lookup).map_err(|errs| {
+            let messages: Vec<String> = errs.into_iter().map(|e| e.message).collect();
+            messages.join("; ")
+        }),
+        false => Ok(d.to_string()),
+    });
     match (lookup(name).filter(|v| !v.is_empty()), default) {
         (Some(v), _) if v.contains('\n') => {
             Err(format!("environment variable {name} contains a line break"))
         }
         (Some(v), _) => Ok(v),
-        (None, Some(d)) => Ok(d),
+        (None, Some(d)) => d,
         (None, None) => Err(format!(
             "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
         )),
@@ -181,8 +180,8 @@ mod tests {
     fn a_default_may_name_another_variable() {
         let out = expand("a: ${NOPE:-${PORT:-1}}\nb: ${NOPE:-${ALSO_NOPE:-x}}\n", env).unwrap();
         assert_eq!(out, "a: 8080\nb: x\n");
-        let out = expand("c: ${PORT:-${NOPE:-x}} ${NOPE:-y}\n", env).unwrap();
-        assert_eq!(out, "c: 8080 y\n");
+        let out = expand("c: ${PORT:-${NOPE:-x}} ${NOPE:-y} ${PORT:-${NOPE}}\n", env).unwrap();
+        assert_eq!(out, "c: 8080 y 8080\n");
         let errs = expand("d: ${NOPE:-${ALSO_NOPE}}\ne: ${NOPE:-${X}\n", env).unwrap_err();
         assert_eq!(errs.len(), 2);
         assert!(errs[0].message.contains("ALSO_NOPE is not set"), "{errs:?}");
