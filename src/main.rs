@@ -32,7 +32,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let dify_env = dify_gateway::config::nginx_env::report_process_env(&config.env_read);
     if cli.test {
+        if let Some(line) = dify_env.warning() {
+            eprintln!("dify-gateway: warning: {line}");
+        }
         return check_only(&config, &source, cli.offline);
     }
     // Which Dify is behind: asked before the minter's check, which compares the schema with it.
@@ -52,6 +56,12 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     log::info!("starting with {source}: {}", config.summary());
+    if let Some(line) = dify_env.warning() {
+        log::warn!("{line}");
+    }
+    if let Some(line) = dify_env.server_name_note() {
+        log::info!("{line}");
+    }
     match server::build(&cli, config, source) {
         Ok(server) => server.run_forever(),
         Err(e) => {

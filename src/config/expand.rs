@@ -15,6 +15,12 @@ pub fn expand(
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<String, Vec<ExpandError>> {
+    expand_with(text, &lookup)
+}
+
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn expand_with(text: &str, lookup: Lookup) -> Result<String, Vec<ExpandError>> {
     let mut out = String::with_capacity(text.len());
     let mut errors = Vec::new();
     for (idx, full_line) in text.split_inclusive('\n').enumerate() {
@@ -30,7 +36,7 @@ pub fn expand(
                 continue;
             }
             out.push_str(&rest[..pos]);
-            let Some(end) = rest[pos..].find('}') else {
+            let Some(end) = closing_brace(&rest[pos + 2..]).map(|e| e + 2) else {
                 errors.push(ExpandError {
                     line: line_no,
                     message: "unterminated ${ (missing })".into(),
@@ -38,31 +44,12 @@ pub fn expand(
                 rest = "";
                 break;
             };
-            let inner = &rest[pos + 2..pos + end];
-            let (name, default) = match inner.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (inner, None),
-            };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                errors.push(ExpandError {
+            match expand_one(&rest[pos + 2..pos + end], lookup) {
+                Ok(v) => out.push_str(&v),
+                Err(message) => errors.push(ExpandError {
                     line: line_no,
-                    message: format!("${{{inner}}}: expected ${{NAME}} or ${{NAME:-default}}"),
-                });
-            } else {
-                match (lookup(name).filter(|v| !v.is_empty()), default) {
-                    (Some(v), _) if v.contains('\n') => errors.push(ExpandError {
-                        line: line_no,
-                        message: format!("environment variable {name} contains a line break"),
-                    }),
-                    (Some(v), _) => out.push_str(&v),
-                    (None, Some(d)) => out.push_str(d),
-                    (None, None) => errors.push(ExpandError {
-                        line: line_no,
-                        message: format!(
-                            "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
-                        ),
-                    }),
-                }
+                    message,
+                }),
             }
             rest = &rest[pos + end + 1..];
         }
@@ -74,6 +61,61 @@ pub fn expand(
     } else {
         Err(errors)
     }
+}
+
+/// The value of one `NAME` / `NAME:-default` (the text between `${` and its `}`). The default
+/// may itself hold `${...}`, so that a setting can fall back from the gateway's own variable to
+/// Dify's (`${DIFY_WEBSOCKET_UPSTREAM:-${NGINX_SOCKET_IO_UPSTREAM:-...}}`). The default is expanded
+/// even when it is not used, so every variable the text names is looked up.
+fn expand_one(inner: &str, lookup: Lookup) -> Result<String, String> {
+    let (name, default) = match inner.split_once(":-") {
+        Some((n, d)) => (n, Some(d)),
+        None => (inner, None),
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "${{{inner}}}: expected ${{NAME}} or ${{NAME:-default}}"
+        ));
+    }
+    // Expanded even when the variable is set (so every name is looked up); its errors count only
+    // when the default is used.
+    let default = default.map(|d| match d.contains("${") {
+        true => expand_with(d, lookup).map_err(|errs| {
+            let messages: Vec<String> = errs.into_iter().map(|e| e.message).collect();
+            messages.join("; ")
+        }),
+        false => Ok(d.to_string()),
+    });
+    match (lookup(name).filter(|v| !v.is_empty()), default) {
+        (Some(v), _) if v.contains('\n') => {
+            Err(format!("environment variable {name} contains a line break"))
+        }
+        (Some(v), _) => Ok(v),
+        (None, Some(d)) => d,
+        (None, None) => Err(format!(
+            "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
+        )),
+    }
+}
+
+/// The offset of the `}` that closes a `${` whose inside starts `text`, counting nested `${`.
+fn closing_brace(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'$' if bytes.get(i + 1) == Some(&b'{') => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Where a YAML comment starts on this line (`#` at the start or after a blank, outside quotes);
@@ -132,5 +174,17 @@ mod tests {
         let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![2, 3, 4, 5]);
         assert!(errs[0].message.contains("NOPE is not set"));
+    }
+
+    #[test]
+    fn a_default_may_name_another_variable() {
+        let out = expand("a: ${NOPE:-${PORT:-1}}\nb: ${NOPE:-${ALSO_NOPE:-x}}\n", env).unwrap();
+        assert_eq!(out, "a: 8080\nb: x\n");
+        let out = expand("c: ${PORT:-${NOPE:-x}} ${NOPE:-y} ${PORT:-${NOPE}}\n", env).unwrap();
+        assert_eq!(out, "c: 8080 y 8080\n");
+        let errs = expand("d: ${NOPE:-${ALSO_NOPE}}\ne: ${NOPE:-${X}\n", env).unwrap_err();
+        assert_eq!(errs.len(), 2);
+        assert!(errs[0].message.contains("ALSO_NOPE is not set"), "{errs:?}");
+        assert!(errs[1].message.contains("unterminated"), "{errs:?}");
     }
 }

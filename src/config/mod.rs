@@ -2,6 +2,7 @@
 //! [`ConfigError`]s that each name the file, line and field, as `nginx -t` does.
 
 pub mod expand;
+pub mod nginx_env;
 pub mod source_map;
 pub mod units;
 
@@ -56,6 +57,10 @@ pub struct Config {
     /// A short hash of the expanded text, to tell configurations apart (metrics, reload).
     #[serde(skip)]
     pub hash: String,
+    /// Every environment variable the loader looked up (the text's `${...}` and the defaults
+    /// filled in), so that Dify's variables it never read can be named (see [`nginx_env`]).
+    #[serde(skip)]
+    pub env_read: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -63,7 +68,9 @@ pub struct Config {
 pub struct ServerConfig {
     #[serde(deserialize_with = "units::de_string_list")]
     pub listen: Vec<String>,
-    /// Worker threads; Dify's nginx runs `worker_processes auto`, so the default is the CPU count.
+    /// Worker threads, a number or `auto` (one per CPU core); Dify's nginx runs
+    /// `worker_processes auto`, so that is the default.
+    #[serde(deserialize_with = "units::de_threads")]
     pub threads: usize,
     /// `/healthz`, `/readyz`; empty string turns the admin listener off.
     pub admin_listen: String,
@@ -138,6 +145,7 @@ pub struct RouteConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    /// Largest request body; 0 means no limit, as in nginx. Use [`Limits::body_limit`].
     #[serde(deserialize_with = "units::de_size")]
     pub client_max_body_size: u64,
     #[serde(deserialize_with = "units::de_duration")]
@@ -149,7 +157,8 @@ pub struct Limits {
     /// How long an idle upstream connection stays in the pool.
     #[serde(deserialize_with = "units::de_duration")]
     pub upstream_idle_timeout: Duration,
-    /// How long an idle client keep-alive connection is kept (nginx `keepalive_timeout`).
+    /// How long an idle client keep-alive connection is kept (nginx `keepalive_timeout`); 0 turns
+    /// keep-alive off, as in nginx: every answer carries `Connection: close`.
     #[serde(deserialize_with = "units::de_duration")]
     pub keepalive_timeout: Duration,
     /// How long a client may take to send a whole request header, from the connection's start (or
@@ -188,6 +197,16 @@ impl Default for RequestBuffering {
             upstreams: vec!["api".into()],
             memory: 64 << 10,
             temp_dir: String::new(),
+        }
+    }
+}
+
+impl Limits {
+    /// The most body bytes a request may carry: `client_max_body_size`, with 0 read as no limit.
+    pub fn body_limit(&self) -> u64 {
+        match self.client_max_body_size {
+            0 => u64::MAX,
+            n => n,
         }
     }
 }
@@ -307,13 +326,18 @@ impl Config {
         file: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, Vec<ConfigError>> {
+        let read = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let env = |name: &str| {
+            read.borrow_mut().insert(name.to_string());
+            env(name)
+        };
         let at = |line: Option<usize>, field: &str, message: String| ConfigError {
             file: file.to_string(),
             line,
             field: field.to_string(),
             message,
         };
-        let expanded = expand::expand(text, &env).map_err(|errs| {
+        let expanded = expand::expand(text, env).map_err(|errs| {
             errs.into_iter()
                 .map(|e| at(Some(e.line), "", e.message))
                 .collect::<Vec<_>>()
@@ -350,6 +374,7 @@ impl Config {
         })?;
         config.fill_defaults(&env);
         config.hash = short_hash(&expanded);
+        config.env_read = read.borrow().clone();
         let issues = config.validate();
         if issues.is_empty() {
             Ok(config)
@@ -364,8 +389,13 @@ impl Config {
     fn fill_defaults(&mut self, env: &impl Fn(&str) -> Option<String>) {
         for (name, var, default) in STOCK_UPSTREAMS {
             self.upstreams.entry(name.to_string()).or_insert_with(|| {
+                // Dify's own name for the websocket upstream, below the gateway's.
+                let dify = (name == "websocket")
+                    .then(|| env(nginx_env::SOCKET_IO_UPSTREAM))
+                    .flatten();
                 let value = env(var)
                     .filter(|v| !v.trim().is_empty())
+                    .or(dify.filter(|v| !v.trim().is_empty()))
                     .unwrap_or(default.into());
                 Backends(value.split(',').map(|s| s.trim().to_string()).collect())
             });
@@ -501,13 +531,14 @@ impl Config {
             _ => "sso off".to_string(),
         };
         format!(
-            "listen {}{}, {} routes, {} upstreams, {}",
+            "listen {}{}, {} threads, {} routes, {} upstreams, {}",
             self.server.listen.join(" "),
             self.server
                 .tls
                 .as_ref()
                 .map(|t| format!(" tls {}", t.listen))
                 .unwrap_or_default(),
+            self.server.threads,
             self.effective_routes().len(),
             self.upstreams.len(),
             sso

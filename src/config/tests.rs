@@ -25,6 +25,65 @@ fn embedded_default_is_dify_stock_nginx_from_the_environment() {
     assert_eq!(c.effective_routes(), stock_routes());
 }
 
+/// Dify's nginx variables as its `.env` writes them, read with nginx's meaning.
+#[test]
+fn embedded_default_reads_dify_nginx_variables_as_nginx_does() {
+    let dify = |name: &str| {
+        match name {
+            "NGINX_CLIENT_MAX_BODY_SIZE" => Some("0"),
+            "NGINX_KEEPALIVE_TIMEOUT" => Some("0"),
+            "NGINX_WORKER_PROCESSES" => Some("3"),
+            "NGINX_SOCKET_IO_UPSTREAM" => Some("api_websocket:5001"),
+            _ => None,
+        }
+        .map(String::from)
+    };
+    let c = Config::from_text(EMBEDDED_DEFAULT, "<embedded default>", dify).unwrap();
+    assert_eq!(c.limits.client_max_body_size, 0);
+    assert_eq!(c.limits.body_limit(), u64::MAX, "0 is no limit");
+    assert_eq!(c.limits.keepalive_timeout, Duration::ZERO);
+    assert_eq!(c.server.threads, 3);
+    assert_eq!(c.upstreams["websocket"].0, vec!["api_websocket:5001"]);
+    for read in [
+        "NGINX_PORT",
+        "NGINX_SOCKET_IO_UPSTREAM",
+        "NGINX_WORKER_PROCESSES",
+    ] {
+        assert!(c.env_read.contains(read), "{read} not looked up");
+    }
+
+    // The gateway's own variable wins; `auto` is one thread per core.
+    let both = |name: &str| match name {
+        "DIFY_WEBSOCKET_UPSTREAM" => Some("ws:5001".to_string()),
+        "NGINX_WORKER_PROCESSES" => Some("auto".to_string()),
+        _ => dify(name),
+    };
+    let c = Config::from_text(EMBEDDED_DEFAULT, "<embedded default>", both).unwrap();
+    assert_eq!(c.upstreams["websocket"].0, vec!["ws:5001"]);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    assert_eq!(c.server.threads, cores);
+    assert!(c.env_read.contains("NGINX_SOCKET_IO_UPSTREAM"));
+
+    // A file without a websocket upstream takes Dify's variable too.
+    let c = Config::from_text("server:\n  threads: 1\n", "f.yaml", dify).unwrap();
+    assert_eq!(c.upstreams["websocket"].0, vec!["api_websocket:5001"]);
+
+    let errs = Config::from_text("server:\n  threads: \"some\"\n", "f.yaml", dify).unwrap_err();
+    assert_eq!(
+        (errs[0].line, errs[0].field.as_str()),
+        (Some(2), "server.threads")
+    );
+    assert!(errs[0].message.contains("or auto"), "{}", errs[0].message);
+}
+
+#[test]
+fn zero_body_size_is_no_limit_and_other_sizes_are_the_limit() {
+    let c = load("limits:\n  client_max_body_size: 0\n").unwrap();
+    assert_eq!(c.limits.body_limit(), u64::MAX);
+    let c = load("limits:\n  client_max_body_size: 1k\n").unwrap();
+    assert_eq!(c.limits.body_limit(), 1024);
+}
+
 #[test]
 fn empty_file_is_all_defaults() {
     let c = load("").unwrap();

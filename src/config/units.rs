@@ -14,8 +14,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("expected a duration such as 10s, 500ms or 1h, got {t:?} ({e})"))
 }
 
-/// A size in bytes. `k`, `m`, `g` follow nginx (powers of 1024), as do `KiB`, `MiB`, `GiB`;
-/// `KB`, `MB`, `GB` are decimal.
+/// A size in bytes. Everything nginx's size grammar accepts reads as nginx reads it: bare bytes
+/// (`0` included) and `k`, `m`, `g` in either case (powers of 1024). `KiB`, `MiB`, `GiB` are the
+/// same multiples; `KB`, `MB`, `GB` are decimal. What 0 means is the field's to say.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -61,6 +62,20 @@ pub fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
+/// A thread count: a number, or `auto` for one per CPU core (nginx `worker_processes auto`).
+pub fn de_threads<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = match Raw::deserialize(d)? {
+        Raw::Int(n) => n,
+        Raw::Text(s) if s.trim().eq_ignore_ascii_case("auto") => {
+            return Ok(std::thread::available_parallelism().map_or(2, |n| n.get()));
+        }
+        Raw::Text(s) => s.trim().parse().map_err(|_| {
+            de::Error::custom(format!("expected a number of threads or auto, got {s:?}"))
+        })?,
+    };
+    usize::try_from(n).map_err(|_| de::Error::custom("expected a number of threads or auto"))
+}
+
 /// A list written as a YAML list or as one comma-separated string (handy from an environment
 /// variable); blanks are dropped.
 pub fn de_string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -102,6 +117,13 @@ mod tests {
         assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
         assert_eq!(parse_size("64k").unwrap(), 64 << 10);
         assert_eq!(parse_size("42").unwrap(), 42);
+        // nginx's own forms, as Dify's .env writes them.
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert_eq!(parse_size("0m").unwrap(), 0);
+        assert_eq!(parse_size("15m").unwrap(), 15 << 20);
+        assert_eq!(parse_size("512K").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
         assert!(parse_size("12X").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999999999999G").is_err());

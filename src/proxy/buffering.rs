@@ -82,7 +82,7 @@ pub async fn buffer_request_body(session: &mut Session, ctx: &mut RequestCtx) ->
     }
     let limits = &ctx.snap.config.limits;
     let (limit, memory) = (
-        limits.client_max_body_size,
+        limits.body_limit(),
         limits.request_buffering.memory as usize,
     );
     let mut in_memory = BytesMut::new();

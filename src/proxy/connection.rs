@@ -108,9 +108,10 @@ async fn next_request(
 }
 
 /// How long a kept-alive connection may wait for its next request: `limits.keepalive_timeout`
-/// of the running configuration; 0 means no limit (as in Pingora and nginx).
+/// of the running configuration. (Its 0 turns keep-alive off before a connection gets here; one
+/// that was kept alive when a reload set 0 gets no wait at all.)
 fn keepalive_limit(state: &SharedSnapshot) -> Option<Duration> {
-    Some(state.load().config.limits.keepalive_timeout).filter(|d| !d.is_zero())
+    Some(state.load().config.limits.keepalive_timeout)
 }
 
 /// Counts a client connection for as long as it lives (also when its task is cancelled).

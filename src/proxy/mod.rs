@@ -92,7 +92,7 @@ impl ProxyHttp for DifyGateway {
             && !ctx.body_buffered
         {
             ctx.body_bytes += chunk.len() as u64;
-            if ctx.body_bytes > ctx.snap.config.limits.client_max_body_size {
+            if ctx.body_bytes > ctx.snap.config.limits.body_limit() {
                 return Error::e_explain(
                     ErrorType::HTTPStatus(413),
                     "request body over client_max_body_size",
@@ -303,7 +303,8 @@ async fn refuse_oversize_header(session: &mut Session, ctx: &mut RequestCtx) -> 
     Ok(true)
 }
 
-/// Offers keep-alive (nginx's `keepalive_timeout`), except once the process is draining, and never
+/// Offers keep-alive (nginx's `keepalive_timeout`; 0 turns it off, so every answer says
+/// `Connection: close`), except once the process is draining, and never
 /// where Pingora already ruled it out: `Connection: close`, HTTP/1.0 without keep-alive, and
 /// `Content-Length` + `Transfer-Encoding` (RFC 9112 §6.1: close after answering, or whatever the
 /// client sends next could be a request smuggled past a proxy in front that read the length).
@@ -311,8 +312,10 @@ fn keep_alive_unless_draining(session: &mut Session, ctx: &RequestCtx) {
     if session.get_keepalive().is_none() {
         return;
     }
-    let keepalive = ctx.snap.config.limits.keepalive_timeout.as_secs();
-    session.set_keepalive((!crate::ops::drain::is_draining()).then_some(keepalive));
+    let keepalive = ctx.snap.config.limits.keepalive_timeout;
+    let off = keepalive.is_zero() || crate::ops::drain::is_draining();
+    // The idle wait itself is timed by the connection loop (connection.rs), to the millisecond.
+    session.set_keepalive((!off).then_some(keepalive.as_secs()));
 }
 
 /// Picks the route; answers the nginx-style 301 (`/e` -> `/e/`) and "no route" itself.
@@ -350,7 +353,7 @@ async fn answer_by_route(session: &mut Session, ctx: &mut RequestCtx) -> Result<
 
 /// 413 before the upstream sees a byte, when the declared length is over the limit.
 async fn refuse_oversize_body(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-    let limit = ctx.snap.config.limits.client_max_body_size;
+    let limit = ctx.snap.config.limits.body_limit();
     let declared = session
         .req_header()
         .headers
