@@ -48,6 +48,7 @@ impl ServeHttp for AdminApp {
 impl AdminApp {
     fn readiness(&self) -> (u16, serde_json::Value) {
         let snap = self.state.load();
+        let dify = dify_info(&snap.config.dify);
         if !crate::ops::listeners::all_accepting() {
             return (
                 503,
@@ -55,6 +56,7 @@ impl AdminApp {
                     "status": "not_ready",
                     "reason": "the public listeners do not accept connections yet",
                     "config_generation": snap.generation,
+                    "dify": dify,
                 }),
             );
         }
@@ -63,7 +65,6 @@ impl AdminApp {
             .filter(|u| !u.is_ready())
             .map(|u| u.name.as_str())
             .collect();
-        let dify = dify_info(&snap.config.dify);
         if down.is_empty() {
             (
                 200,
