@@ -117,9 +117,52 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// Off drops the whole section: the embedded default carries it for Dify's
+    /// `NGINX_HTTPS_ENABLED`, which the entrypoint compares with `true` exactly.
+    #[serde(default = "yes", deserialize_with = "units::de_flag")]
+    pub enabled: bool,
     pub listen: String,
+    /// A path, or with `cert_dirs` a file name.
     pub cert: String,
     pub key: String,
+    /// Directories tried in turn for `cert` and `key`: the first holding both wins, else the last
+    /// (Dify's entrypoint: `/etc/letsencrypt/live/<CERTBOT_DOMAIN>/` when both files are there,
+    /// else `/etc/ssl/`). Resolved when the configuration is loaded, and again on every reload.
+    #[serde(default, deserialize_with = "units::de_string_list")]
+    pub cert_dirs: Vec<String>,
+    /// `TLSv1.2`, `TLSv1.3`, or both (nginx's `ssl_protocols`, space- or comma-separated).
+    #[serde(
+        default = "both_tls_versions",
+        deserialize_with = "units::de_word_list"
+    )]
+    pub protocols: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn both_tls_versions() -> Vec<String> {
+    vec!["TLSv1.2".into(), "TLSv1.3".into()]
+}
+
+impl TlsConfig {
+    /// Applies `cert_dirs` to `cert` and `key`, as Dify's nginx entrypoint does.
+    fn resolve_dirs(&mut self) {
+        let Some(last) = self.cert_dirs.last() else {
+            return;
+        };
+        let in_dir = |dir: &str, file: &str| std::path::Path::new(dir).join(file);
+        let dir = self
+            .cert_dirs
+            .iter()
+            .find(|d| in_dir(d, &self.cert).is_file() && in_dir(d, &self.key).is_file())
+            .unwrap_or(last)
+            .clone();
+        self.cert = in_dir(&dir, &self.cert).display().to_string();
+        self.key = in_dir(&dir, &self.key).display().to_string();
+        self.cert_dirs.clear();
+    }
 }
 
 /// One or more `host:port`, as a YAML list or a comma-separated string (handy from an env variable).
@@ -373,6 +416,10 @@ impl Config {
             vec![at(line, &field, msg.to_string())]
         })?;
         config.fill_defaults(&env);
+        config.server.tls = config.server.tls.take().filter(|t| t.enabled);
+        if let Some(tls) = config.server.tls.as_mut() {
+            tls.resolve_dirs();
+        }
         config.hash = short_hash(&expanded);
         config.env_read = read.borrow().clone();
         let issues = config.validate();
@@ -451,6 +498,9 @@ impl Config {
                 if let Err(e) = std::fs::metadata(path) {
                     issues.push(Issue::new(field, format!("cannot read {path:?}: {e}")));
                 }
+            }
+            if let Err(e) = crate::ops::tls::Protocols::parse(&tls.protocols) {
+                issues.push(Issue::new("server.tls.protocols", e));
             }
         }
         if s.graceful_shutdown_timeout.is_zero() {

@@ -17,7 +17,8 @@ pub const SOCKET_IO_UPSTREAM: &str = "NGINX_SOCKET_IO_UPSTREAM";
 /// Dify's `server_name`: accepted, and nothing to do (see [`EnvReport::server_name`]).
 pub const SERVER_NAME: &str = "NGINX_SERVER_NAME";
 
-/// Only read by Dify's nginx entrypoint when `NGINX_HTTPS_ENABLED` is `true`.
+/// Only read by Dify's nginx entrypoint when `NGINX_HTTPS_ENABLED` is `true` (the embedded
+/// default reads them always; a `-c` file without `${...}` for them gets them named).
 const HTTPS_ONLY: [&str; 5] = [
     "NGINX_SSL_PORT",
     "NGINX_SSL_CERT_FILENAME",

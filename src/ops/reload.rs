@@ -5,6 +5,7 @@
 
 use crate::config::{Config, ConfigSource};
 use crate::ops::metrics::METRICS;
+use crate::ops::tls::CertStore;
 use crate::state::{SharedSnapshot, Snapshot};
 use async_trait::async_trait;
 use notify::{RecursiveMode, Watcher};
@@ -22,6 +23,8 @@ const SETTLE: Duration = Duration::from_millis(200);
 pub struct Reloader {
     pub state: SharedSnapshot,
     pub source: ConfigSource,
+    /// The TLS listener's certificate, read again on every reload (a renewed file).
+    pub certs: Option<Arc<CertStore>>,
 }
 
 #[async_trait]
@@ -108,6 +111,16 @@ impl Reloader {
                 "reload: could not tell which Dify version is behind the gateway ({e}); keeping what was known"
             );
         }
+        // Certbot renews the files in place (or CERTBOT_DOMAIN's directory appears): the unchanged
+        // configuration too gets the certificate read again.
+        if let (Some(store), Some(tls)) = (&self.certs, &config.server.tls) {
+            match store.reload(&tls.cert, &tls.key) {
+                Ok(()) => log::info!("TLS certificate loaded from {}", tls.cert),
+                Err(e) => {
+                    log::error!(error = e.as_str(); "TLS certificate not reloaded, the one in use stays")
+                }
+            }
+        }
         if config.hash == old.config.hash {
             log::info!("configuration unchanged (hash {})", config.hash);
             METRICS
@@ -152,7 +165,12 @@ fn needs_upgrade(old: &Config, new: &Config) -> Vec<&'static str> {
     let checks: [(&'static str, bool); 8] = [
         ("server.listen", o.listen != n.listen),
         ("server.threads", o.threads != n.threads),
-        ("server.tls", o.tls != n.tls),
+        // The certificate files are read on every reload; the socket and versions are fixed.
+        (
+            "server.tls",
+            o.tls.as_ref().map(|t| (&t.listen, &t.protocols))
+                != n.tls.as_ref().map(|t| (&t.listen, &t.protocols)),
+        ),
         ("server.admin_listen", o.admin_listen != n.admin_listen),
         ("server.access_log", o.access_log != n.access_log),
         ("server.pid_file", o.pid_file != n.pid_file),
