@@ -245,3 +245,92 @@ async fn a_renewed_certificate_is_served_after_sighup() {
         "key material in the log"
     );
 }
+
+/// `NGINX_ENABLE_CERTBOT_CHALLENGE=true`: certbot's token file from the webroot
+/// (`DIFY_GATEWAY_CERTBOT_WEBROOT` in the test's directory), as `text/plain`; nothing else of the
+/// webroot, and nothing of the prefix goes to Dify's web.
+#[tokio::test]
+async fn the_certbot_challenge_is_served_from_the_webroot() {
+    let web = MockUpstream::echo("web").await;
+    let builder = Gateway::builder()
+        .embedded_default()
+        .upstream("web", &[web.addr]);
+    let webroot = builder.temp_path("www");
+    let challenges = webroot.join(".well-known/acme-challenge");
+    std::fs::create_dir_all(challenges.join("adir")).unwrap();
+    let token = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0";
+    std::fs::write(challenges.join(token), format!("{token}.thumbprint")).unwrap();
+    std::fs::write(webroot.join("secret"), "not for the web").unwrap();
+    std::os::unix::fs::symlink(webroot.join("secret"), challenges.join("link")).unwrap();
+    let gw = builder
+        .env("NGINX_ENABLE_CERTBOT_CHALLENGE", "true")
+        .env("DIFY_GATEWAY_CERTBOT_WEBROOT", path_str(&webroot))
+        .start()
+        .await;
+    let path = format!("/.well-known/acme-challenge/{token}");
+    let r = Req::get(&path).send(gw.listen).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(r.body, format!("{token}.thumbprint").as_bytes());
+    // Percent-encoded and dotted spellings are normalised first, then served or refused alike.
+    let r = Req::get(&format!(
+        "/.well-known/./acme-challenge/%{:x}{}",
+        b'L',
+        &token[1..]
+    ))
+    .send(gw.listen)
+    .await;
+    assert_eq!(r.status, 200);
+    for missing in [
+        "/.well-known/acme-challenge/nosuchtoken",
+        "/.well-known/acme-challenge/",
+        "/.well-known/acme-challenge/adir",
+        "/.well-known/acme-challenge/adir/",
+        "/.well-known/acme-challenge/link",
+    ] {
+        let r = Req::get(missing).send(gw.listen).await;
+        assert_eq!(r.status, 404, "{missing}: {:?}", r.body);
+    }
+    // Climbing out normalises to a path outside the prefix (as in nginx): Dify's web's, not a
+    // file of the webroot.
+    for out in [
+        "/.well-known/acme-challenge/%2e%2e/%2e%2e/secret",
+        "/.well-known/acme-challenge/..%2fsecret",
+    ] {
+        let r = Req::get(out).send(gw.listen).await;
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(!body.contains("not for the web"), "{out}: {body}");
+        assert!(body.contains("\"upstream\":\"web\""), "{out}: {body}");
+    }
+    let post = raw_http(
+        gw.listen,
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(post.status, 405);
+    // The rest of /.well-known/ is still Dify's web's.
+    let r = Req::get("/.well-known/security.txt").send(gw.listen).await;
+    assert_eq!(r.status, 200);
+    let seen: Vec<String> = web.received().iter().map(|r| r.uri.clone()).collect();
+    assert!(
+        seen.iter()
+            .all(|u| u.contains("%2") || u == "/.well-known/security.txt"),
+        "a challenge went to Dify's web: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn without_the_certbot_switch_the_prefix_goes_to_dify_web() {
+    let web = MockUpstream::echo("web").await;
+    let gw = Gateway::builder()
+        .embedded_default()
+        .upstream("web", &[web.addr])
+        .start()
+        .await;
+    let r = Req::get("/.well-known/acme-challenge/tok")
+        .send(gw.listen)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(web.received().len(), 1);
+}

@@ -78,6 +78,8 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "units::de_string_list")]
     pub trusted_proxies: Vec<String>,
     pub tls: Option<TlsConfig>,
+    /// Dify's `NGINX_ENABLE_CERTBOT_CHALLENGE`: `/.well-known/acme-challenge/` from a webroot.
+    pub acme_challenge: Option<AcmeChallengeConfig>,
     /// A file for the JSON access log; stderr when absent.
     pub access_log: Option<String>,
     pub pid_file: String,
@@ -102,6 +104,7 @@ impl Default for ServerConfig {
             admin_listen: "127.0.0.1:9901".into(),
             trusted_proxies: Vec::new(),
             tls: None,
+            acme_challenge: None,
             access_log: None,
             pid_file: "/tmp/dify-gateway.pid".into(),
             upgrade_sock: "/tmp/dify-gateway-upgrade.sock".into(),
@@ -136,6 +139,21 @@ pub struct TlsConfig {
         deserialize_with = "units::de_word_list"
     )]
     pub protocols: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeChallengeConfig {
+    /// Off drops the section (the embedded default sets it from `NGINX_ENABLE_CERTBOT_CHALLENGE`).
+    #[serde(default = "yes", deserialize_with = "units::de_flag")]
+    pub enabled: bool,
+    /// Certbot's `--webroot-path`: the file is `<root>/.well-known/acme-challenge/<token>`.
+    #[serde(default = "certbot_webroot")]
+    pub root: String,
+}
+
+fn certbot_webroot() -> String {
+    "/var/www/html".into()
 }
 
 fn yes() -> bool {
@@ -417,6 +435,7 @@ impl Config {
         })?;
         config.fill_defaults(&env);
         config.server.tls = config.server.tls.take().filter(|t| t.enabled);
+        config.server.acme_challenge = config.server.acme_challenge.take().filter(|a| a.enabled);
         if let Some(tls) = config.server.tls.as_mut() {
             tls.resolve_dirs();
         }
