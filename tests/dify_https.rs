@@ -172,6 +172,21 @@ async fn certbots_directory_wins_when_both_files_are_there() {
     assert!(e.contains("certificate"), "{e}");
 }
 
+/// Without `CERTBOT_DOMAIN`, certbot's directory is not looked at (the files at its top are not
+/// a domain's), as in Dify's entrypoint.
+#[tokio::test]
+async fn without_a_domain_certbots_directory_is_skipped() {
+    let web = MockUpstream::echo("web").await;
+    let h = https(web.addr, &[("CERTBOT_DOMAIN", "")]);
+    let (ssl_cert, stray) = (new_cert(), new_cert());
+    write_cert(&h.ssl, &ssl_cert);
+    write_cert(&h.letsencrypt, &stray);
+    let _gw = h.builder.start().await;
+    tls_ready(h.tls_addr).await;
+    let status = get_tls(h.tls_addr, &ssl_cert.0, BOTH).await.unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+}
+
 #[tokio::test]
 async fn tls_1_3_alone_refuses_a_tls_1_2_client() {
     let web = MockUpstream::echo("web").await;
@@ -302,6 +317,19 @@ async fn the_certbot_challenge_is_served_from_the_webroot() {
         assert!(!body.contains("not for the web"), "{out}: {body}");
         assert!(body.contains("\"upstream\":\"web\""), "{out}: {body}");
     }
+    // HEAD: the head alone (read to the close, so a body sent by mistake would show).
+    let mut conn = TcpStream::connect(gw.listen).await.unwrap();
+    let req = format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    tokio::time::timeout(WAIT, conn.read_to_end(&mut head))
+        .await
+        .expect("the HEAD answer and the close in time")
+        .unwrap();
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/plain\r\n"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "a body after the head: {head}");
     let post = raw_http(
         gw.listen,
         format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").as_bytes(),

@@ -171,9 +171,12 @@ impl TlsConfig {
             return;
         };
         let in_dir = |dir: &str, file: &str| std::path::Path::new(dir).join(file);
+        // A directory ending in `/` had an empty variable at its end (`CERTBOT_DOMAIN` unset):
+        // skipped, as the entrypoint skips certbot's directory without a domain.
         let dir = self
             .cert_dirs
             .iter()
+            .filter(|d| !d.ends_with('/'))
             .find(|d| in_dir(d, &self.cert).is_file() && in_dir(d, &self.key).is_file())
             .unwrap_or(last)
             .clone();
