@@ -234,8 +234,11 @@ async fn a_missing_certificate_stops_the_start_naming_the_path() {
     assert!(gw.stderr().contains(path_str(&expected)), "{}", gw.stderr());
 }
 
+/// Certbot's first certificate appears beside the one in `/etc/ssl`: the directory chosen at
+/// start is not watched for it, a SIGHUP (a reload) chooses again, as a restart of Dify's nginx
+/// would. After it, a change in `/etc/ssl` no longer matters.
 #[tokio::test]
-async fn a_renewed_certificate_is_served_after_sighup() {
+async fn certbots_first_certificate_is_served_after_sighup() {
     let web = MockUpstream::echo("web").await;
     let h = https(web.addr, &[]);
     let (old, renewed) = (new_cert(), new_cert());
@@ -243,7 +246,11 @@ async fn a_renewed_certificate_is_served_after_sighup() {
     let gw = h.builder.start().await;
     tls_ready(h.tls_addr).await;
     assert!(get_tls(h.tls_addr, &old.0, BOTH).await.is_ok());
-    write_cert(&h.ssl, &renewed);
+    write_cert(&h.letsencrypt.join("dify.example"), &renewed);
+    assert!(
+        get_tls(h.tls_addr, &old.0, BOTH).await.is_ok(),
+        "changed before the SIGHUP"
+    );
     gw.signal(libc::SIGHUP);
     let served = poll_until(WAIT, || async {
         get_tls(h.tls_addr, &renewed.0, BOTH).await.ok()
@@ -254,7 +261,15 @@ async fn a_renewed_certificate_is_served_after_sighup() {
         "the renewed certificate was not served: {}",
         gw.stderr()
     );
-    assert!(get_tls(h.tls_addr, &old.0, BOTH).await.is_err());
+    // The watch moved with the choice: a renewal in certbot's directory is picked up with no
+    // signal.
+    let again = new_cert();
+    write_cert(&h.letsencrypt.join("dify.example"), &again);
+    let served = poll_until(WAIT, || async {
+        get_tls(h.tls_addr, &again.0, BOTH).await.ok()
+    })
+    .await;
+    assert!(served.is_some(), "{}", gw.stderr());
     assert!(
         !gw.stderr().contains("PRIVATE KEY"),
         "key material in the log"
@@ -361,4 +376,38 @@ async fn without_the_certbot_switch_the_prefix_goes_to_dify_web() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(web.received().len(), 1);
+}
+
+/// Certbot renews by swapping the symlinks in `live/<domain>/`: served without a SIGHUP.
+#[tokio::test]
+async fn a_renewed_certbot_certificate_is_served_without_a_signal() {
+    let web = MockUpstream::echo("web").await;
+    let h = https(web.addr, &[]);
+    let (old, renewed) = (new_cert(), new_cert());
+    let live = h.letsencrypt.join("dify.example");
+    let archive = h.letsencrypt.join("archive");
+    write_cert(&archive.join("1"), &old);
+    write_cert(&archive.join("2"), &renewed);
+    std::fs::create_dir_all(&live).unwrap();
+    let link = |n: &str| {
+        for file in ["dify.crt", "dify.key"] {
+            let tmp = live.join(format!("{file}.new"));
+            std::os::unix::fs::symlink(archive.join(n).join(file), &tmp).unwrap();
+            std::fs::rename(&tmp, live.join(file)).unwrap();
+        }
+    };
+    link("1");
+    let gw = h.builder.start().await;
+    tls_ready(h.tls_addr).await;
+    assert!(get_tls(h.tls_addr, &old.0, BOTH).await.is_ok());
+    link("2");
+    let served = poll_until(WAIT, || async {
+        get_tls(h.tls_addr, &renewed.0, BOTH).await.ok()
+    })
+    .await;
+    assert!(
+        served.is_some_and(|s| s.starts_with("HTTP/1.1 200")),
+        "the renewed certificate was not served: {}",
+        gw.stderr()
+    );
 }

@@ -442,7 +442,9 @@ impl Config {
         if let Some(tls) = config.server.tls.as_mut() {
             tls.resolve_dirs();
         }
-        config.hash = short_hash(&expanded);
+        // The certificate directory chosen is part of what runs: certbot's appearing is a change.
+        let chosen = config.server.tls.as_ref().map(|t| (&t.cert, &t.key));
+        config.hash = short_hash(&format!("{expanded}{chosen:?}"));
         config.env_read = read.borrow().clone();
         let issues = config.validate();
         if issues.is_empty() {

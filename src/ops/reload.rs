@@ -39,18 +39,28 @@ impl BackgroundService for Reloader {
         };
         let (tx, mut file_changed) = mpsc::channel::<()>(1);
         let _watcher = self.watch_file(tx);
+        let (certs_tx, mut certs_changed) = mpsc::channel::<()>(1);
+        let mut cert_watcher = self.watch_certs(certs_tx.clone());
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
+                Some(()) = certs_changed.recv() => {
+                    // Certbot writes the chain and the key one after the other: both, then load.
+                    tokio::time::sleep(SETTLE).await;
+                    while certs_changed.try_recv().is_ok() {}
+                    self.reload_certs("the TLS certificate files changed");
+                }
                 Some(()) = hangup.recv() => {
                     log::info!("SIGHUP: reloading the configuration");
                     self.reload().await;
+                    self.after_reload(&mut cert_watcher, &certs_tx, "SIGHUP");
                 }
                 Some(()) = file_changed.recv() => {
                     tokio::time::sleep(SETTLE).await;
                     while file_changed.try_recv().is_ok() {}
                     log::info!("configuration file changed: reloading");
                     self.reload().await;
+                    self.after_reload(&mut cert_watcher, &certs_tx, "configuration reload");
                 }
             }
         }
@@ -91,6 +101,66 @@ impl Reloader {
         }
     }
 
+    /// Watches the directories of the TLS certificate and key in force: certbot's
+    /// renewal swaps the symlinks in `live/<domain>/`, an operator replaces the files in
+    /// `/etc/ssl`; either way new handshakes get the new certificate with no SIGHUP (which Dify's
+    /// `nginx -s reload` step stood for). Built again after each reload, which is what picks up
+    /// a certificate that moved directory (certbot's appearing beside `/etc/ssl`'s).
+    fn watch_certs(&self, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+        self.certs.as_ref()?;
+        let snapshot = self.state.load();
+        let tls = snapshot.config.server.tls.as_ref()?;
+        let mut dirs: Vec<PathBuf> = [&tls.cert, &tls.key]
+            .iter()
+            .filter_map(|p| std::path::Path::new(p).parent().map(PathBuf::from))
+            .collect();
+        dirs.dedup();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.try_send(());
+                }
+            })
+            .map_err(|e| log::error!("cannot watch the TLS certificate files: {e}"))
+            .ok()?;
+        for dir in &dirs {
+            if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                log::warn!(
+                    "cannot watch {} for a renewed certificate ({e}); SIGHUP reloads it",
+                    dir.display()
+                );
+            }
+        }
+        Some(watcher)
+    }
+
+    /// The certificate of the configuration now in force (the reloaded one, or the old one if it
+    /// was refused): the unchanged configuration too, since a SIGHUP after certbot renewed is how
+    /// nginx is told. The watch is set up first, for that configuration's directories (certbot's
+    /// may have appeared), so that no change falls between the two.
+    fn after_reload(
+        &self,
+        watcher: &mut Option<notify::RecommendedWatcher>,
+        tx: &mpsc::Sender<()>,
+        why: &str,
+    ) {
+        *watcher = self.watch_certs(tx.clone());
+        self.reload_certs(why);
+    }
+
+    /// Reads the TLS certificate and key of the configuration in force again.
+    fn reload_certs(&self, why: &str) {
+        let snapshot = self.state.load();
+        if let (Some(store), Some(tls)) = (&self.certs, &snapshot.config.server.tls) {
+            match store.reload(&tls.cert, &tls.key) {
+                Ok(()) => log::info!("{why}: TLS certificate loaded from {}", tls.cert),
+                Err(e) => {
+                    log::error!(error = e.as_str(); "{why}, but the TLS certificate was not reloaded; the one in use stays")
+                }
+            }
+        }
+    }
+
     /// Loads, validates and swaps in the configuration; never exits the process.
     pub async fn reload(&self) -> bool {
         let old = self.state.load_full();
@@ -110,16 +180,6 @@ impl Reloader {
             log::warn!(
                 "reload: could not tell which Dify version is behind the gateway ({e}); keeping what was known"
             );
-        }
-        // Certbot renews the files in place (or CERTBOT_DOMAIN's directory appears): the unchanged
-        // configuration too gets the certificate read again.
-        if let (Some(store), Some(tls)) = (&self.certs, &config.server.tls) {
-            match store.reload(&tls.cert, &tls.key) {
-                Ok(()) => log::info!("TLS certificate loaded from {}", tls.cert),
-                Err(e) => {
-                    log::error!(error = e.as_str(); "TLS certificate not reloaded, the one in use stays")
-                }
-            }
         }
         if config.hash == old.config.hash {
             log::info!("configuration unchanged (hash {})", config.hash);
