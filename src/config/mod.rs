@@ -78,6 +78,8 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "units::de_string_list")]
     pub trusted_proxies: Vec<String>,
     pub tls: Option<TlsConfig>,
+    /// Dify's `NGINX_ENABLE_CERTBOT_CHALLENGE`: `/.well-known/acme-challenge/` from a webroot.
+    pub acme_challenge: Option<AcmeChallengeConfig>,
     /// A file for the JSON access log; stderr when absent.
     pub access_log: Option<String>,
     pub pid_file: String,
@@ -102,6 +104,7 @@ impl Default for ServerConfig {
             admin_listen: "127.0.0.1:9901".into(),
             trusted_proxies: Vec::new(),
             tls: None,
+            acme_challenge: None,
             access_log: None,
             pid_file: "/tmp/dify-gateway.pid".into(),
             upgrade_sock: "/tmp/dify-gateway-upgrade.sock".into(),
@@ -117,9 +120,70 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// Off drops the whole section: the embedded default carries it for Dify's
+    /// `NGINX_HTTPS_ENABLED`, which the entrypoint compares with `true` exactly.
+    #[serde(default = "yes", deserialize_with = "units::de_flag")]
+    pub enabled: bool,
     pub listen: String,
+    /// A path, or with `cert_dirs` a file name.
     pub cert: String,
     pub key: String,
+    /// Directories tried in turn for `cert` and `key`: the first holding both wins, else the last
+    /// (Dify's entrypoint: `/etc/letsencrypt/live/<CERTBOT_DOMAIN>/` when both files are there,
+    /// else `/etc/ssl/`). Resolved when the configuration is loaded, and again on every reload.
+    #[serde(default, deserialize_with = "units::de_string_list")]
+    pub cert_dirs: Vec<String>,
+    /// `TLSv1.2`, `TLSv1.3`, or both (nginx's `ssl_protocols`, space- or comma-separated).
+    #[serde(
+        default = "both_tls_versions",
+        deserialize_with = "units::de_word_list"
+    )]
+    pub protocols: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeChallengeConfig {
+    /// Off drops the section (the embedded default sets it from `NGINX_ENABLE_CERTBOT_CHALLENGE`).
+    #[serde(default = "yes", deserialize_with = "units::de_flag")]
+    pub enabled: bool,
+    /// Certbot's `--webroot-path`: the file is `<root>/.well-known/acme-challenge/<token>`.
+    #[serde(default = "certbot_webroot")]
+    pub root: String,
+}
+
+fn certbot_webroot() -> String {
+    "/var/www/html".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn both_tls_versions() -> Vec<String> {
+    vec!["TLSv1.2".into(), "TLSv1.3".into()]
+}
+
+impl TlsConfig {
+    /// Applies `cert_dirs` to `cert` and `key`, as Dify's nginx entrypoint does.
+    fn resolve_dirs(&mut self) {
+        let Some(last) = self.cert_dirs.last() else {
+            return;
+        };
+        let in_dir = |dir: &str, file: &str| std::path::Path::new(dir).join(file);
+        // A directory ending in `/` had an empty variable at its end (`CERTBOT_DOMAIN` unset):
+        // skipped, as the entrypoint skips certbot's directory without a domain.
+        let dir = self
+            .cert_dirs
+            .iter()
+            .filter(|d| !d.ends_with('/'))
+            .find(|d| in_dir(d, &self.cert).is_file() && in_dir(d, &self.key).is_file())
+            .unwrap_or(last)
+            .clone();
+        self.cert = in_dir(&dir, &self.cert).display().to_string();
+        self.key = in_dir(&dir, &self.key).display().to_string();
+        self.cert_dirs.clear();
+    }
 }
 
 /// One or more `host:port`, as a YAML list or a comma-separated string (handy from an env variable).
@@ -373,7 +437,14 @@ impl Config {
             vec![at(line, &field, msg.to_string())]
         })?;
         config.fill_defaults(&env);
-        config.hash = short_hash(&expanded);
+        config.server.tls = config.server.tls.take().filter(|t| t.enabled);
+        config.server.acme_challenge = config.server.acme_challenge.take().filter(|a| a.enabled);
+        if let Some(tls) = config.server.tls.as_mut() {
+            tls.resolve_dirs();
+        }
+        // The certificate directory chosen is part of what runs: certbot's appearing is a change.
+        let chosen = config.server.tls.as_ref().map(|t| (&t.cert, &t.key));
+        config.hash = short_hash(&format!("{expanded}{chosen:?}"));
         config.env_read = read.borrow().clone();
         let issues = config.validate();
         if issues.is_empty() {
@@ -451,6 +522,9 @@ impl Config {
                 if let Err(e) = std::fs::metadata(path) {
                     issues.push(Issue::new(field, format!("cannot read {path:?}: {e}")));
                 }
+            }
+            if let Err(e) = crate::ops::tls::Protocols::parse(&tls.protocols) {
+                issues.push(Issue::new("server.tls.protocols", e));
             }
         }
         if s.graceful_shutdown_timeout.is_zero() {

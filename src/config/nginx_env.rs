@@ -7,7 +7,8 @@
 //! reads `NGINX_PORT`, `NGINX_CLIENT_MAX_BODY_SIZE`, ...; a `-c` file reads what it names).
 //! Variables that Dify's nginx itself ignores in the same setting are not named: the `NGINX_SSL_*`
 //! files and ports and `CERTBOT_DOMAIN` unless `NGINX_HTTPS_ENABLED=true`, the certbot
-//! container's `CERTBOT_EMAIL` and `CERTBOT_OPTIONS` unless the certbot challenge is on.
+//! container's `CERTBOT_EMAIL` and `CERTBOT_OPTIONS` unless the certbot challenge is on and not
+//! served here (when it is, they are the certbot container's business and have their effect).
 
 use std::collections::BTreeSet;
 
@@ -17,7 +18,8 @@ pub const SOCKET_IO_UPSTREAM: &str = "NGINX_SOCKET_IO_UPSTREAM";
 /// Dify's `server_name`: accepted, and nothing to do (see [`EnvReport::server_name`]).
 pub const SERVER_NAME: &str = "NGINX_SERVER_NAME";
 
-/// Only read by Dify's nginx entrypoint when `NGINX_HTTPS_ENABLED` is `true`.
+/// Only read by Dify's nginx entrypoint when `NGINX_HTTPS_ENABLED` is `true` (the embedded
+/// default reads them always; a `-c` file without `${...}` for them gets them named).
 const HTTPS_ONLY: [&str; 5] = [
     "NGINX_SSL_PORT",
     "NGINX_SSL_CERT_FILENAME",
@@ -90,7 +92,9 @@ pub fn report(
             "NGINX_HTTPS_ENABLED" => !https,
             "NGINX_ENABLE_CERTBOT_CHALLENGE" => !certbot,
             n if HTTPS_ONLY.contains(&n) => !https,
-            n if CERTBOT_ONLY.contains(&n) => !certbot,
+            n if CERTBOT_ONLY.contains(&n) => {
+                !certbot || read.contains("NGINX_ENABLE_CERTBOT_CHALLENGE")
+            }
             _ => false,
         };
         if !inert && !read.contains(name) {
@@ -184,6 +188,25 @@ mod tests {
             line.contains("NGINX_HTTPS_ENABLED, NGINX_SSL_CERT_FILENAME"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn with_https_and_the_challenge_read_only_unknown_names_are_left() {
+        let mut env = vars(&STOCK);
+        for (k, v) in &mut env {
+            if k == "NGINX_HTTPS_ENABLED" || k == "NGINX_ENABLE_CERTBOT_CHALLENGE" {
+                *v = "true".into();
+            }
+        }
+        env.push(("NGINX_X_UNKNOWN".into(), "1".into()));
+        let mut read = read(&READ);
+        read.extend(
+            HTTPS_ONLY
+                .iter()
+                .chain(&["NGINX_HTTPS_ENABLED", "NGINX_ENABLE_CERTBOT_CHALLENGE"])
+                .map(|s| s.to_string()),
+        );
+        assert_eq!(report(&read, env).unimplemented, ["NGINX_X_UNKNOWN"]);
     }
 
     #[test]

@@ -232,3 +232,19 @@ fn request_buffering_defaults_to_the_api_and_names_known_upstreams_only() {
         "{text}"
     );
 }
+
+#[test]
+fn https_off_by_default_and_the_switch_is_strict() {
+    let c = Config::from_text(EMBEDDED_DEFAULT, "<embedded default>", |_| None).unwrap();
+    assert_eq!(c.server.tls, None);
+    let on = |v: &'static str| move |k: &str| (k == "NGINX_HTTPS_ENABLED").then(|| v.to_string());
+    let errs = Config::from_text(EMBEDDED_DEFAULT, "<embedded default>", on("yes")).unwrap_err();
+    assert_eq!(errs[0].field, "server.tls.enabled", "{errs:?}");
+    // On, with no certificate in either directory: the /etc/ssl path is named.
+    let errs = Config::from_text(EMBEDDED_DEFAULT, "<embedded default>", on("true")).unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.field == "server.tls.cert" && e.message.contains("/etc/ssl/dify.crt")),
+        "{errs:?}"
+    );
+}

@@ -97,6 +97,37 @@ pub fn de_string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
         .collect())
 }
 
+/// A list written as a YAML list or as one string of words separated by blanks or commas
+/// (nginx's `ssl_protocols TLSv1.2 TLSv1.3`).
+pub fn de_word_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(de_string_list(d)?
+        .iter()
+        .flat_map(|s| s.split_whitespace())
+        .map(str::to_string)
+        .collect())
+}
+
+/// A switch: a YAML boolean, or `true` / `false` / empty (off) as text from an environment
+/// variable. Anything else is an error rather than nginx's silent "not true, so off".
+pub fn de_flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bool(b) => Ok(b),
+        Raw::Text(s) => match s.trim() {
+            "true" => Ok(true),
+            "false" | "" => Ok(false),
+            other => Err(de::Error::custom(format!(
+                "expected true or false, got {other:?}"
+            ))),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

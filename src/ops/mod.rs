@@ -8,5 +8,6 @@ pub mod logging;
 pub mod metrics;
 pub mod reload;
 pub mod server;
+pub mod tls;
 pub mod upstream_health;
 pub mod version_watch;

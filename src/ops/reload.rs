@@ -5,6 +5,7 @@
 
 use crate::config::{Config, ConfigSource};
 use crate::ops::metrics::METRICS;
+use crate::ops::tls::CertStore;
 use crate::state::{SharedSnapshot, Snapshot};
 use async_trait::async_trait;
 use notify::{RecursiveMode, Watcher};
@@ -22,6 +23,8 @@ const SETTLE: Duration = Duration::from_millis(200);
 pub struct Reloader {
     pub state: SharedSnapshot,
     pub source: ConfigSource,
+    /// The TLS listener's certificate, read again on every reload (a renewed file).
+    pub certs: Option<Arc<CertStore>>,
 }
 
 #[async_trait]
@@ -36,18 +39,28 @@ impl BackgroundService for Reloader {
         };
         let (tx, mut file_changed) = mpsc::channel::<()>(1);
         let _watcher = self.watch_file(tx);
+        let (certs_tx, mut certs_changed) = mpsc::channel::<()>(1);
+        let mut cert_watcher = self.watch_certs(certs_tx.clone());
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
+                Some(()) = certs_changed.recv() => {
+                    // Certbot writes the chain and the key one after the other: both, then load.
+                    tokio::time::sleep(SETTLE).await;
+                    while certs_changed.try_recv().is_ok() {}
+                    self.reload_certs("the TLS certificate files changed");
+                }
                 Some(()) = hangup.recv() => {
                     log::info!("SIGHUP: reloading the configuration");
                     self.reload().await;
+                    self.after_reload(&mut cert_watcher, &certs_tx, "SIGHUP");
                 }
                 Some(()) = file_changed.recv() => {
                     tokio::time::sleep(SETTLE).await;
                     while file_changed.try_recv().is_ok() {}
                     log::info!("configuration file changed: reloading");
                     self.reload().await;
+                    self.after_reload(&mut cert_watcher, &certs_tx, "configuration reload");
                 }
             }
         }
@@ -84,6 +97,66 @@ impl Reloader {
             Err(e) => {
                 log::error!("cannot watch {}: {e}", dir.display());
                 None
+            }
+        }
+    }
+
+    /// Watches the directories of the TLS certificate and key in force: certbot's
+    /// renewal swaps the symlinks in `live/<domain>/`, an operator replaces the files in
+    /// `/etc/ssl`; either way new handshakes get the new certificate with no SIGHUP (which Dify's
+    /// `nginx -s reload` step stood for). Built again after each reload, which is what picks up
+    /// a certificate that moved directory (certbot's appearing beside `/etc/ssl`'s).
+    fn watch_certs(&self, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+        self.certs.as_ref()?;
+        let snapshot = self.state.load();
+        let tls = snapshot.config.server.tls.as_ref()?;
+        let mut dirs: Vec<PathBuf> = [&tls.cert, &tls.key]
+            .iter()
+            .filter_map(|p| std::path::Path::new(p).parent().map(PathBuf::from))
+            .collect();
+        dirs.dedup();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.try_send(());
+                }
+            })
+            .map_err(|e| log::error!("cannot watch the TLS certificate files: {e}"))
+            .ok()?;
+        for dir in &dirs {
+            if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                log::warn!(
+                    "cannot watch {} for a renewed certificate ({e}); SIGHUP reloads it",
+                    dir.display()
+                );
+            }
+        }
+        Some(watcher)
+    }
+
+    /// The certificate of the configuration now in force (the reloaded one, or the old one if it
+    /// was refused): the unchanged configuration too, since a SIGHUP after certbot renewed is how
+    /// nginx is told. The watch is set up first, for that configuration's directories (certbot's
+    /// may have appeared), so that no change falls between the two.
+    fn after_reload(
+        &self,
+        watcher: &mut Option<notify::RecommendedWatcher>,
+        tx: &mpsc::Sender<()>,
+        why: &str,
+    ) {
+        *watcher = self.watch_certs(tx.clone());
+        self.reload_certs(why);
+    }
+
+    /// Reads the TLS certificate and key of the configuration in force again.
+    fn reload_certs(&self, why: &str) {
+        let snapshot = self.state.load();
+        if let (Some(store), Some(tls)) = (&self.certs, &snapshot.config.server.tls) {
+            match store.reload(&tls.cert, &tls.key) {
+                Ok(()) => log::info!("{why}: TLS certificate loaded from {}", tls.cert),
+                Err(e) => {
+                    log::error!(error = e.as_str(); "{why}, but the TLS certificate was not reloaded; the one in use stays")
+                }
             }
         }
     }
@@ -152,7 +225,12 @@ fn needs_upgrade(old: &Config, new: &Config) -> Vec<&'static str> {
     let checks: [(&'static str, bool); 8] = [
         ("server.listen", o.listen != n.listen),
         ("server.threads", o.threads != n.threads),
-        ("server.tls", o.tls != n.tls),
+        // The certificate files are read on every reload; the socket and versions are fixed.
+        (
+            "server.tls",
+            o.tls.as_ref().map(|t| (&t.listen, &t.protocols))
+                != n.tls.as_ref().map(|t| (&t.listen, &t.protocols)),
+        ),
         ("server.admin_listen", o.admin_listen != n.admin_listen),
         ("server.access_log", o.access_log != n.access_log),
         ("server.pid_file", o.pid_file != n.pid_file),

@@ -9,6 +9,7 @@ use crate::ops::drain::DrainWatch;
 use crate::ops::listeners::{self, ListenerProbe};
 use crate::ops::metrics::METRICS;
 use crate::ops::reload::Reloader;
+use crate::ops::tls::{CertStore, Protocols};
 use crate::ops::upstream_health::UpstreamHealth;
 use crate::ops::version_watch::VersionWatch;
 use crate::proxy::DifyGateway;
@@ -16,6 +17,7 @@ use crate::proxy::connection::ClientConnections;
 use crate::state::{SharedSnapshot, Snapshot};
 use arc_swap::ArcSwap;
 use pingora::listeners::ListenerConfig;
+use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy;
 use pingora::server::Server;
@@ -83,6 +85,10 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
     let connections = ClientConnections {
         proxy: Arc::new(http_proxy(&server.configuration, gateway)),
         state: state.clone(),
+        tls13_only: tls
+            .as_ref()
+            .and_then(|t| Protocols::parse(&t.protocols).ok())
+            .is_some_and(|p| !p.tls12),
     };
     let mut proxy = Service::new("Pingora HTTP Proxy Service".to_string(), connections);
     for addr in &listen {
@@ -92,11 +98,23 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
         let unbuffered_reads = L4BufferSettings::default().read(0);
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(unbuffered_reads));
     }
-    if let Some(tls) = &tls {
-        proxy
-            .add_tls(&tls.listen, &tls.cert, &tls.key)
-            .map_err(|e| format!("server.tls: cannot load the certificate or key: {e}"))?;
-    }
+    let certs = match &tls {
+        Some(tls) => {
+            let protocols = Protocols::parse(&tls.protocols)
+                .map_err(|e| format!("server.tls.protocols: {e}"))?;
+            let store = Arc::new(
+                CertStore::load(&tls.cert, &tls.key, protocols)
+                    .map_err(|e| format!("server.tls: {e}"))?,
+            );
+            // Paths are ignored when a resolver is set; the resolver is what a reload updates.
+            let mut settings =
+                TlsSettings::intermediate("", "").map_err(|e| format!("server.tls: {e}"))?;
+            settings.set_cert_resolver(store.clone());
+            proxy.add_tls_with_settings(&tls.listen, None, settings);
+            Some(store)
+        }
+        None => None,
+    };
     server.add_service(proxy);
 
     if !admin_listen.is_empty() {
@@ -132,14 +150,16 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
     ));
     server.add_service(background_service(
         "config reload",
-        Reloader { state, source },
+        Reloader {
+            state,
+            source,
+            certs,
+        },
     ));
     Ok(server)
 }
 
-/// Loads the TLS listener's certificate and key as Pingora will at start-up (for `-t`).
+/// Loads the TLS listener's certificate and key as start-up does (for `-t`).
 pub fn check_tls_files(cert: &str, key: &str) -> Result<(), String> {
-    pingora::listeners::tls::TlsSettings::intermediate(cert, key)
-        .map(drop)
-        .map_err(|e| e.to_string())
+    crate::ops::tls::load_certified_key(cert, key).map(drop)
 }

@@ -29,6 +29,8 @@ use std::time::Duration;
 pub struct ClientConnections<A> {
     pub proxy: Arc<A>,
     pub state: SharedSnapshot,
+    /// `server.tls.protocols` without TLSv1.2: fixed at start, like the listener.
+    pub tls13_only: bool,
 }
 
 #[async_trait]
@@ -39,6 +41,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ClientConnections<A
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _open = OpenConnection::count();
+        // The certificate resolver refuses clients that cannot speak TLS 1.3 at all; one that
+        // offers 1.3's cipher suites but negotiated 1.2 anyway (rustls cannot be told otherwise
+        // by Pingora 0.9) is closed here, before any request is read.
+        if self.tls13_only
+            && let Some(digest) = stream.get_ssl_digest()
+            && !digest.version.contains("1_3")
+            && !digest.version.contains("1.3")
+        {
+            log::info!(
+                "TLS connection closed: {} negotiated, server.tls.protocols allows TLSv1.3 only",
+                digest.version
+            );
+            return None;
+        }
         let options = self.proxy.server_options();
         let h2c_or_custom = options.is_some_and(|o| o.h2c || o.force_custom);
         let alpn = stream.selected_alpn_proto();

@@ -6,6 +6,7 @@
 //! `response_filter` (trace id, logout mark) -> `logging` (access log). Failures end in
 //! `fail_to_proxy`, which writes our error page.
 
+pub mod acme_challenge;
 pub mod buffering;
 pub mod connection;
 pub mod context;
@@ -65,6 +66,10 @@ impl ProxyHttp for DifyGateway {
             // Whatever body follows cannot be framed as the client meant it: close after answering.
             session.set_keepalive(None);
             respond::error(session, ctx, status, code, message).await?;
+            return Ok(true);
+        }
+        // Before SSO and the routes: certbot's requests must never reach Dify's web.
+        if acme_challenge::intercept(session, ctx).await? {
             return Ok(true);
         }
         if sso_glue::intercept(session, ctx).await? {
