@@ -155,7 +155,13 @@ import json, sys
 nginx = json.load(open(sys.argv[1]))["services"]["nginx"]
 env, ports = nginx["environment"], {(p["published"], p["target"]) for p in nginx["ports"]}
 assert nginx["entrypoint"] == ["/usr/local/bin/dify-gateway"], nginx["entrypoint"]
-assert not nginx.get("volumes"), "Dify's nginx templates must not be mounted"
+mounts = {v["target"]: v for v in nginx.get("volumes", [])}
+assert not any(t.startswith("/etc/nginx") or t == "/docker-entrypoint-mount.sh" for t in mounts), \
+    f"Dify's nginx templates must not be mounted: {sorted(mounts)}"
+assert "/etc/ssl" not in mounts, "the image's system certificates must stay"
+for t in ("/etc/dify-gateway/ssl", "/etc/letsencrypt", "/var/www/html"):
+    assert t in mounts and mounts[t].get("read_only"), f"{t} not mounted read-only: {sorted(mounts)}"
+assert env["DIFY_GATEWAY_SSL_DIR"] == "/etc/dify-gateway/ssl", env
 assert env["NGINX_SOCKET_IO_UPSTREAM"] == "api_websocket:5001", env
 assert not env.get("DIFY_WEBSOCKET_UPSTREAM"), "DIFY_WEBSOCKET_UPSTREAM would override api_websocket"
 assert env["DIFY_GATEWAY_TRUSTED_PROXIES"] == "172.16.0.0/12", "not passed through from .env"
