@@ -12,7 +12,7 @@ use dify_gateway::sso::minter::{MintContext, Minter};
 use dify_gateway::sso::protocol::Identity;
 use dify_gateway::sso::{Secret, SsoConfig, SsoFailure};
 use std::time::Duration;
-use support::browser_sim::{Browser, Page};
+use support::browser_sim::Browser;
 use support::cas_mock::{CasMock, CasUser};
 use support::dify_mock::{DifyMock, DifySettings};
 use support::dify_services::{Relay, Services, TestDb, WORKSPACE, dify_refresh, services};
@@ -679,12 +679,6 @@ fn gateway_yaml(cas: &CasMock, db_url: &str, redis_url: &str) -> String {
     )
 }
 
-/// One redirect hop, as a browser navigation follows it.
-async fn hop(b: &mut Browser, p: &Page) -> Page {
-    let to = support::browser_sim::resolve(&p.url, p.location().expect("a redirect"));
-    b.request("GET", &to, None, Some(&p.url), &[]).await
-}
-
 #[tokio::test]
 async fn sign_in_through_the_gateway_creates_the_account_and_dify_accepts_the_session() {
     let svc = need_services!();
@@ -712,9 +706,9 @@ async fn sign_in_through_the_gateway_creates_the_account_and_dify_accepts_the_se
     let first = b.get(&gw.url("/signin?redirect_url=/apps")).await;
     assert_eq!(first.status, 302, "{}", first.body);
     // /signin -> CAS /login -> the callback, which answers 303 to /sso/continue with the cookies.
-    let at_cas = hop(&mut b, &first).await;
+    let at_cas = b.hop(&first).await;
     assert_eq!(at_cas.status, 302, "{}", at_cas.body);
-    let callback = hop(&mut b, &at_cas).await;
+    let callback = b.hop(&at_cas).await;
     assert_eq!(callback.status, 303, "{}: {}", callback.url, callback.body);
     let id = db
         .client
@@ -1153,8 +1147,8 @@ async fn gateway_takes_redis_key_prefix_from_the_environment_and_dify_s_refresh_
     cas.sign_in_as(CasUser::new("rey", "rey@example.com", "Rey", &[]));
     let mut b = Browser::new();
     let first = b.get(&gw.url("/signin?redirect_url=/apps")).await;
-    let at_cas = hop(&mut b, &first).await;
-    let callback = hop(&mut b, &at_cas).await;
+    let at_cas = b.hop(&first).await;
+    let callback = b.hop(&at_cas).await;
     assert_eq!(callback.status, 303, "{}: {}", callback.url, callback.body);
     let refresh = b
         .cookie(&gw.url("/"), "refresh_token")

@@ -13,7 +13,7 @@ use dify_gateway::sso::minter::{MintContext, Minter};
 use dify_gateway::sso::protocol::Identity;
 use dify_gateway::sso::{Secret, SsoConfig};
 use serde_json::Value;
-use support::browser_sim::{Browser, Page};
+use support::browser_sim::Browser;
 use support::cas_mock::{CasMock, CasUser};
 use support::dify_mock::{DifyMock, DifySettings, NORMALIZED_EMAIL_SQL};
 use support::dify_services::{SCHEMA, Services, TestDb, WORKSPACE, services};
@@ -76,11 +76,6 @@ fn gateway_yaml(cas: &CasMock, db_url: &str, redis_url: &str, dify_extra: &str) 
         yq(db_url),
         yq(redis_url),
     )
-}
-
-async fn hop(b: &mut Browser, p: &Page) -> Page {
-    let to = support::browser_sim::resolve(&p.url, p.location().expect("a redirect"));
-    b.request("GET", &to, None, Some(&p.url), &[]).await
 }
 
 async fn accounts(db: &TestDb) -> Vec<(Uuid, String)> {
@@ -166,8 +161,8 @@ async fn release_end_to_end(version: &str) {
     let mut b = Browser::new();
     let first = b.get(&gw.url("/signin?redirect_url=/apps")).await;
     assert_eq!(first.status, 302, "{}", first.body);
-    let at_cas = hop(&mut b, &first).await;
-    let callback = hop(&mut b, &at_cas).await;
+    let at_cas = b.hop(&first).await;
+    let callback = b.hop(&at_cas).await;
     assert!(
         matches!(callback.status, 302 | 303),
         "{}: {}",

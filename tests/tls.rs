@@ -51,16 +51,9 @@ fn certificate_der(pem: &str) -> rustls::pki_types::CertificateDer<'static> {
     rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
 }
 
-async fn tls_port_ready(addr: SocketAddr) {
-    let up = poll_until(WAIT, || async { TcpStream::connect(addr).await.ok() }).await;
-    assert!(up.is_some(), "the TLS listener did not come up");
-}
-
-#[tokio::test]
-async fn tls_1_2_and_1_3_keep_a_connection_alive_and_tell_dify_https() {
-    let api = MockUpstream::echo("api").await;
+/// The gateway with a TLS listener on a certificate of its own, once that listener accepts.
+async fn start_with_tls(builder: GatewayBuilder) -> (Gateway, SocketAddr, TestCert) {
     let tls_addr = free_addr();
-    let builder = Gateway::builder().upstream("api", &[api.addr]);
     let cert = test_cert(&builder);
     let gw = builder
         .server(
@@ -75,6 +68,19 @@ async fn tls_1_2_and_1_3_keep_a_connection_alive_and_tell_dify_https() {
         .start()
         .await;
     tls_port_ready(tls_addr).await;
+    (gw, tls_addr, cert)
+}
+
+async fn tls_port_ready(addr: SocketAddr) {
+    let up = poll_until(WAIT, || async { TcpStream::connect(addr).await.ok() }).await;
+    assert!(up.is_some(), "the TLS listener did not come up");
+}
+
+#[tokio::test]
+async fn tls_1_2_and_1_3_keep_a_connection_alive_and_tell_dify_https() {
+    let api = MockUpstream::echo("api").await;
+    let (gw, tls_addr, cert) =
+        start_with_tls(Gateway::builder().upstream("api", &[api.addr])).await;
     for (name, version) in [
         ("1.2", &rustls::version::TLS12),
         ("1.3", &rustls::version::TLS13),
@@ -110,22 +116,7 @@ async fn tls_1_2_and_1_3_keep_a_connection_alive_and_tell_dify_https() {
 /// gateway at INFO, so an alert on ERROR is not paged for every scanner.
 #[tokio::test]
 async fn a_failed_client_handshake_is_not_an_error_in_the_log() {
-    let tls_addr = free_addr();
-    let builder = Gateway::builder();
-    let cert = test_cert(&builder);
-    let gw = builder
-        .server(
-            "tls",
-            &format!(
-                "{{ listen: {}, cert: {}, key: {} }}",
-                yq(&tls_addr.to_string()),
-                yq(&cert.cert_path),
-                yq(&cert.key_path)
-            ),
-        )
-        .start()
-        .await;
-    tls_port_ready(tls_addr).await;
+    let (gw, tls_addr, _cert) = start_with_tls(Gateway::builder()).await;
     let mut tcp = TcpStream::connect(tls_addr).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await

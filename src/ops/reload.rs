@@ -67,6 +67,18 @@ impl BackgroundService for Reloader {
     }
 }
 
+/// A watcher that signals `tx` on every change that is not a mere read (a full channel already
+/// holds a pending signal, so a dropped send loses nothing).
+fn change_watcher(tx: mpsc::Sender<()>, what: &str) -> Option<notify::RecommendedWatcher> {
+    notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| log::error!("cannot watch {what}: {e}"))
+    .ok()
+}
+
 impl Reloader {
     /// Watches the file's directory (ConfigMaps replace a symlink beside the file, not the file).
     fn watch_file(&self, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
@@ -81,14 +93,7 @@ impl Reloader {
             .map(PathBuf::from)
             .filter(|d| !d.as_os_str().is_empty());
         let dir = dir.unwrap_or_else(|| PathBuf::from("."));
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = tx.try_send(());
-                }
-            })
-            .map_err(|e| log::error!("cannot watch the configuration file: {e}"))
-            .ok()?;
+        let mut watcher = change_watcher(tx, "the configuration file")?;
         match watcher.watch(&dir, RecursiveMode::NonRecursive) {
             Ok(()) => {
                 log::info!("watching {} for configuration changes", dir.display());
@@ -115,14 +120,7 @@ impl Reloader {
             .filter_map(|p| std::path::Path::new(p).parent().map(PathBuf::from))
             .collect();
         dirs.dedup();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = tx.try_send(());
-                }
-            })
-            .map_err(|e| log::error!("cannot watch the TLS certificate files: {e}"))
-            .ok()?;
+        let mut watcher = change_watcher(tx, "the TLS certificate files")?;
         for dir in &dirs {
             if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
                 log::warn!(

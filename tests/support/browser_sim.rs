@@ -384,6 +384,12 @@ impl Browser {
         });
     }
 
+    /// One redirect hop from `page`, as a browser navigation follows it.
+    pub async fn hop(&mut self, page: &Page) -> Page {
+        let to = resolve(&page.url, page.location().expect("a redirect"));
+        self.request("GET", &to, None, Some(&page.url), &[]).await
+    }
+
     /// Follows redirects from `page` (at most `limit` hops) as a browser navigation does; returns
     /// the final page.
     pub async fn follow(&mut self, mut page: Page, limit: usize) -> Page {
