@@ -118,6 +118,13 @@ pub enum Site {
 }
 
 impl CookieWriter {
+    /// The gateway's cookies for the scheme this request came in on.
+    pub fn for_request(req: &super::request::SsoRequest<'_>) -> CookieWriter {
+        CookieWriter {
+            https: req.is_https(),
+        }
+    }
+
     /// The name cookie `base` has on this scheme, for a cookie of path `path`.
     pub fn name(&self, base: &str, path: &str) -> String {
         match (self.https, path) {

@@ -46,9 +46,7 @@ impl SsoFlow {
         if !is_post && *req.method != Method::GET {
             return pages::method_not_allowed("GET, POST");
         }
-        let writer = CookieWriter {
-            https: req.is_https(),
-        };
+        let writer = CookieWriter::for_request(req);
         let state: Option<FlowState> = writer
             .read(req.headers, bc::STATE)
             .and_then(|v| self.signer.open("state", &v));
@@ -198,9 +196,7 @@ impl SsoFlow {
             .sso_signins
             .with_label_values(&[self.protocol.name(), "success", "ok"])
             .inc();
-        let writer = CookieWriter {
-            https: req.is_https(),
-        };
+        let writer = CookieWriter::for_request(req);
         let mut carry = Carry {
             flow: flow_id.clone(),
             tokens: None,
@@ -280,9 +276,7 @@ impl SsoFlow {
     }
 
     pub(super) fn continue_after_callback(&self, req: &SsoRequest<'_>) -> SsoResponse {
-        let writer = CookieWriter {
-            https: req.is_https(),
-        };
+        let writer = CookieWriter::for_request(req);
         let state: Option<FlowState> = writer
             .read(req.headers, bc::STATE)
             .and_then(|v| self.signer.open("state", &v));

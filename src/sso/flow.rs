@@ -262,9 +262,7 @@ impl SsoFlow {
     }
 
     async fn start_sign_in(&self, req: &SsoRequest<'_>) -> SsoResponse {
-        let writer = CookieWriter {
-            https: req.is_https(),
-        };
+        let writer = CookieWriter::for_request(req);
         let origin = self.public_origin(req);
         if writer.read(req.headers, bc::SIGNED_OUT).is_some() {
             let hint = writer
@@ -407,9 +405,7 @@ impl SsoFlow {
                 "cross-site request refused\n",
             );
         }
-        let writer = CookieWriter {
-            https: req.is_https(),
-        };
+        let writer = CookieWriter::for_request(req);
         SsoResponse::redirect(303, SIGNIN_PATH).set_cookie(&writer.clear(bc::SIGNED_OUT, "/"))
     }
 }
