@@ -1,6 +1,5 @@
 //! Mock upstreams running inside the test process, each on its own 127.0.0.1 port.
 
-use super::free_addr;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
@@ -245,9 +244,22 @@ pub fn full(b: impl Into<Bytes>) -> Body {
     BodyExt::boxed(Full::new(b.into()))
 }
 
-/// An address where nothing listens: bound, then released (connections are refused).
+/// An address where nothing listens: connections are refused. The port stays bound (without
+/// `listen`) for the life of the test process, so the kernel never hands it to a mock started
+/// later; otherwise a gateway's health checks of its dead upstreams would land on another test's mock.
 pub fn dead_addr() -> SocketAddr {
-    free_addr()
+    static HELD: Mutex<Vec<socket2::Socket>> = Mutex::new(Vec::new());
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).expect("bind 127.0.0.1:0");
+    let addr = socket
+        .local_addr()
+        .expect("local_addr")
+        .as_socket()
+        .expect("an IP address");
+    HELD.lock().unwrap().push(socket);
+    addr
 }
 
 /// The websocket handshake a [`WsUpstream`] accepted.
