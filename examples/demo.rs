@@ -12,6 +12,8 @@
 
 #[path = "../tests/support/dify_mock.rs"]
 mod dify_mock;
+#[path = "../tests/support/dify_webapp.rs"]
+mod dify_webapp;
 #[path = "../tests/support/mock_http.rs"]
 mod mock_http;
 #[path = "../tests/support/sso_mock.rs"]

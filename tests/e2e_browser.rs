@@ -359,3 +359,60 @@ async fn sign_in_logout_and_a_failing_exchange_in_headless_chromium() {
     );
     driver.quit().await;
 }
+
+/// A protected published app in Chromium: opening it goes through the SSO and back to the app
+/// page; a second person whom the app's rule refuses sees the refusal page.
+#[tokio::test]
+async fn a_protected_published_app_in_headless_chromium() {
+    let chromium = find_binary(
+        "CHROMIUM",
+        &["chromium", "chromium-browser", "google-chrome"],
+    );
+    let chromedriver = find_binary("CHROMEDRIVER", &["chromedriver"]);
+    let (Some(chromium), Some(chromedriver)) = (chromium, chromedriver) else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("the browser end-to-end test needs chromium and chromedriver");
+        }
+        eprintln!("SKIPPED: the browser end-to-end test needs chromium and chromedriver");
+        return;
+    };
+    const HR: &str = "HrOnly0000000002";
+    let shots = screenshot_dir();
+    let profile = tempfile::tempdir().expect("profile dir");
+    let setup = SsoSetup::default()
+        .sso("support_contact: it-help@corp.example")
+        .sso("apps:")
+        .sso("  default: signed_in")
+        .sso("  rules:")
+        .sso(&format!("    {HR}: {{ groups: [hr] }}"));
+    let env = SsoEnv::start(setup).await;
+    let driver = Driver::start(&chromium, &chromedriver, profile.path()).await;
+    let gw = format!("http://localhost:{}", env.gw.listen.port());
+    let sso_origin = format!("http://{}", env.sso.login_page.addr);
+
+    driver.goto(&format!("{gw}/chat/{HR}")).await;
+    driver.wait_text("body", "Sign in as Alice Example").await;
+    assert!(driver.url().await.starts_with(&sso_origin));
+    driver.click("#btn-alice").await;
+    driver
+        .wait_text("#app", &format!("Published app {HR}"))
+        .await;
+    assert_eq!(driver.url().await, format!("{gw}/chat/{HR}"));
+    driver
+        .screenshot(&shots, "10-protected-app-signed-in.png")
+        .await;
+
+    // Someone else in the same browser: the gateway's cookies gone, Bob signs in and is refused.
+    driver.call("DELETE", &driver.s("/cookie"), None).await;
+    driver.goto(&format!("{gw}/chat/{HR}")).await;
+    driver.wait_text("body", "Sign in as Bob Müller").await;
+    driver.click("#btn-bob").await;
+    let text = driver.wait_text("body", "No access to this app").await;
+    assert!(text.contains("bob@corp.example"), "{text}");
+    assert!(text.contains("it-help@corp.example"), "{text}");
+    assert_eq!(driver.url().await, format!("{gw}/chat/{HR}"));
+    driver
+        .screenshot(&shots, "11-protected-app-refused.png")
+        .await;
+    driver.quit().await;
+}

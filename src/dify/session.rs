@@ -16,6 +16,17 @@ pub struct DifySession {
     pub access_token: String,
     pub refresh_token: String,
     pub csrf_token: Option<String>,
+    /// What the management service said of the person, besides the tokens (all optional).
+    pub owner: SessionOwner,
+}
+
+/// The person a session is for, as a token exchange answer may describe them (`email`, `name`,
+/// `groups`): what published-app rules can go on when the protocol proves no identity itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionOwner {
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub groups: Vec<String>,
 }
 
 impl fmt::Debug for DifySession {
@@ -157,6 +168,7 @@ mod tests {
             access_token: access,
             refresh_token: "ab".repeat(64),
             csrf_token: None,
+            owner: Default::default(),
         }
     }
 
@@ -202,6 +214,7 @@ mod tests {
             access_token: "a&b=c".into(),
             refresh_token: "r %+ü".into(),
             csrf_token: None,
+            owner: Default::default(),
         };
         let checked = h.check(s).unwrap();
         assert_eq!(

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub open_connections: IntGauge,
     pub sso_signins: IntCounterVec,
+    pub app_requests: IntCounterVec,
     pub sso_exchange_duration: Histogram,
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
@@ -142,6 +143,11 @@ impl Metrics {
                 "sso_signins_total",
                 "Sign-in attempts by protocol, outcome and reason",
                 &["protocol", "outcome", "reason"],
+            ),
+            app_requests: counter_vec(
+                "app_requests_total",
+                "Published-app requests checked against the app rules, by app (its code when a rule names it, else default) and outcome",
+                &["app", "outcome"],
             ),
             sso_exchange_duration: exchange,
             config_reloads: counter_vec(

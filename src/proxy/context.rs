@@ -33,6 +33,16 @@ pub struct RequestCtx {
     pub body_buffered: bool,
     /// Our own error code, when the gateway answered instead of the upstream.
     pub error_code: Option<&'static str>,
+    /// A published app's request the app rules admitted: what forwarding it involves.
+    pub app: Option<Box<AppForwarding>>,
+}
+
+/// A published app's request on its way through the proxy.
+#[derive(Debug, Default)]
+pub struct AppForwarding {
+    pub forward: crate::sso::AppForward,
+    /// `GET /api/passport`: Dify's answer, collected to bind its passport to the person.
+    pub passport_answer: Option<bytes::BytesMut>,
 }
 
 impl RequestCtx {
@@ -55,6 +65,7 @@ impl RequestCtx {
             body_bytes: 0,
             body_buffered: false,
             error_code: None,
+            app: None,
         }
     }
 }

@@ -76,6 +76,9 @@ impl ProxyHttp for DifyGateway {
             ctx.route = "sso";
             return Ok(true);
         }
+        if sso_glue::check_app(session, ctx).await? {
+            return Ok(true);
+        }
         if answer_by_route(session, ctx).await? {
             return Ok(true);
         }
@@ -192,7 +195,7 @@ impl ProxyHttp for DifyGateway {
                 upstream_request.insert_header("Dify-Hook-Url", hook)?;
             }
         }
-        Ok(())
+        sso_glue::before_upstream(upstream_request, ctx)
     }
 
     async fn response_filter(
@@ -211,6 +214,19 @@ impl ProxyHttp for DifyGateway {
             session.set_keepalive(None);
         }
         sso_glue::after_upstream(session, upstream_response, ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.app.is_some() {
+            sso_glue::passport_body(body, end_of_stream, ctx);
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(

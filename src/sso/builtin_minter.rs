@@ -156,6 +156,7 @@ impl Minter for BuiltinMinter {
             refresh_token,
             // The handover mints it (same key, access token lifetime), as for every minter.
             csrf_token: None,
+            owner: Default::default(),
         })
     }
 }

@@ -21,8 +21,9 @@ use super::flow::SsoFlow;
 use super::minter::MintContext;
 use super::protocol::{CallbackInput, FlowSecrets, SignInOutcome};
 use super::request::{BodyError, RequestBody, SsoRequest, SsoResponse};
-use super::{origins, pages};
-use crate::dify::session::Handover;
+use super::session::Person;
+use super::{apps, origins, pages};
+use crate::dify::session::{CheckedSession, Handover};
 use http::{Method, header};
 
 /// Largest callback body accepted (the token form is tiny).
@@ -94,7 +95,9 @@ impl SsoFlow {
                 callback_url: &callback_url,
                 flow: None,
             };
-            return self.finish_callback(req, &input, None).await;
+            // The state cookie (when the browser sent it) tells an app sign-in from a console one.
+            let ret = state.as_ref().and_then(|s| s.ret.clone());
+            return self.finish_callback(req, &input, ret).await;
         }
         // Redirect protocols: `state` must match this browser's per-flow cookie before the
         // protocol sees the callback (so a code or ticket is never redeemed for a forged flow),
@@ -147,7 +150,9 @@ impl SsoFlow {
             .set_cookie(&clear)
     }
 
-    /// The protocol's verdict, then the session handed over and the 303 to `/sso/continue`.
+    /// The protocol's verdict, then the sessions handed over and the 303 to `/sso/continue`. A
+    /// sign-in that returns to a published app's page gets the gateway session only; any other
+    /// gets a Dify console session as well.
     async fn finish_callback(
         &self,
         req: &SsoRequest<'_>,
@@ -155,30 +160,35 @@ impl SsoFlow {
         ret: Option<String>,
     ) -> SsoResponse {
         let flow_id = input.trace_id.to_string();
+        let for_app = ret.as_deref().is_some_and(apps::is_app_page);
         let mut id_token_hint = None;
-        let session = match self.protocol.finish(input).await {
-            Ok(SignInOutcome::Session(s)) => s,
+        let (person, session) = match self.protocol.finish(input).await {
+            Ok(SignInOutcome::Session(s)) => (None, s),
             Ok(SignInOutcome::Identity(identity)) => {
+                let identity = match super::allow::authorize(identity, &self.allow) {
+                    Ok(i) => i,
+                    Err(f) => return self.failure(req, &f, &flow_id),
+                };
+                log::info!(trace_id = req.trace_id, flow_id = flow_id.as_str(), issuer = identity.issuer.as_str(),
+                    subject = identity.subject.as_str(), for_app = for_app; "sign-in: identity authorized");
+                id_token_hint = identity.id_token_hint.clone();
+                let person = Person::from_identity(&identity);
+                if for_app {
+                    return self.signed_in(req, &flow_id, Some(person), None, id_token_hint, ret);
+                }
                 let Some(minter) = &self.minter else {
                     let why = SsoFailure::NotAvailable(
                         "no way to create Dify sessions is configured".into(),
                     );
                     return self.failure(req, &why, &flow_id);
                 };
-                let identity = match super::allow::authorize(identity, &self.allow) {
-                    Ok(i) => i,
-                    Err(f) => return self.failure(req, &f, &flow_id),
-                };
-                log::info!(trace_id = req.trace_id, flow_id = flow_id.as_str(), issuer = identity.issuer.as_str(),
-                    subject = identity.subject.as_str(); "sign-in: identity authorized");
-                id_token_hint = identity.id_token_hint.clone();
                 let ctx = MintContext {
                     trace_id: &flow_id,
                     protocol: self.protocol.name(),
                     client_ip: req.client_ip,
                 };
                 match minter.mint(&identity, &ctx).await {
-                    Ok(s) => s,
+                    Ok(s) => (Some(person), s),
                     Err(f) => return self.failure(req, &f, &flow_id),
                 }
             }
@@ -190,7 +200,44 @@ impl SsoFlow {
                 return self.failure(req, &SsoFailure::ExchangeFailed(e.to_string()), &flow_id);
             }
         };
-        log::info!(trace_id = req.trace_id, flow_id = flow_id.as_str(), user_id = checked.user_id.as_deref().unwrap_or("-");
+        // Token exchange proves no identity of its own: the person is the Dify account the
+        // management service vouched for (and whatever it said of them).
+        let person = person.or_else(|| {
+            let owner = &checked.session.owner;
+            checked.user_id.as_ref().map(|id| Person {
+                issuer: "dify".into(),
+                subject: id.clone(),
+                email: owner.email.as_deref().and_then(super::allow::parse_email),
+                name: owner.name.clone(),
+                groups: owner.groups.clone(),
+            })
+        });
+        if for_app {
+            let Some(person) = person else {
+                let why = SsoFailure::NotAvailable(
+                    "published apps need dify.secret_key to tell who signed in".into(),
+                );
+                return self.failure(req, &why, &flow_id);
+            };
+            return self.signed_in(req, &flow_id, Some(person), None, id_token_hint, ret);
+        }
+        self.signed_in(req, &flow_id, person, Some(checked), id_token_hint, ret)
+    }
+
+    /// The answer to a successful callback: the gateway session (when the person is known), the
+    /// Dify session (console sign-ins), and the 303 to `/sso/continue`.
+    fn signed_in(
+        &self,
+        req: &SsoRequest<'_>,
+        flow_id: &str,
+        person: Option<Person>,
+        dify: Option<CheckedSession>,
+        id_token_hint: Option<String>,
+        ret: Option<String>,
+    ) -> SsoResponse {
+        log::info!(trace_id = req.trace_id, flow_id = flow_id,
+            user_id = dify.as_ref().and_then(|c| c.user_id.as_deref()).unwrap_or("-"),
+            person = person.as_ref().map_or("-", |p| p.label()), console = dify.is_some();
             "sign-in complete");
         crate::ops::metrics::METRICS
             .sso_signins
@@ -198,11 +245,14 @@ impl SsoFlow {
             .inc();
         let writer = CookieWriter::for_request(req);
         let mut carry = Carry {
-            flow: flow_id.clone(),
+            flow: flow_id.to_string(),
             tokens: None,
             ret,
         };
         let mut set_cookies = Vec::new();
+        if let Some(person) = person {
+            set_cookies.push(self.start_session(req, person));
+        }
         if let Some(hint) =
             id_token_hint.filter(|h| h.len() <= MAX_COOKIE_VALUE && is_cookie_value(h))
         {
@@ -214,14 +264,19 @@ impl SsoFlow {
                 Site::Lax,
             ));
         }
-        match self.handoff.handover(&checked, &self.home) {
-            Handover::Cookies(cookies) => set_cookies.extend(cookies),
-            Handover::Redirect(direct) => {
-                let s = &checked.session;
-                carry.tokens = Some((s.access_token.clone(), s.refresh_token.clone()));
-                if self.signer.seal("carry", bc::CARRY_TTL, &carry).len() > MAX_COOKIE_VALUE {
-                    return SsoResponse::redirect(302, &direct)
-                        .set_cookie(&writer.clear(bc::LOOP, "/"));
+        if let Some(checked) = &dify {
+            match self.handoff.handover(checked, &self.home) {
+                Handover::Cookies(cookies) => set_cookies.extend(cookies),
+                Handover::Redirect(direct) => {
+                    let s = &checked.session;
+                    carry.tokens = Some((s.access_token.clone(), s.refresh_token.clone()));
+                    if self.signer.seal("carry", bc::CARRY_TTL, &carry).len() > MAX_COOKIE_VALUE {
+                        let mut resp = SsoResponse::redirect(302, &direct);
+                        for c in &set_cookies {
+                            resp = resp.set_cookie(c);
+                        }
+                        return resp.set_cookie(&writer.clear(bc::LOOP, "/"));
+                    }
                 }
             }
         }

@@ -104,6 +104,10 @@ pub struct SsoConfig {
     pub minter: MinterKind,
     /// `minter: builtin`: how accounts are created and joined to a workspace.
     pub provisioning: crate::dify::provisioning::ProvisioningConfig,
+    /// The gateway's own session cookie (published apps, and set by every sign-in).
+    pub session: super::apps::SessionConfig,
+    /// Who may use which published app.
+    pub apps: super::apps::AppsConfig,
 }
 
 /// `sso.store`.
@@ -148,6 +152,8 @@ impl Default for SsoConfig {
             allow: AllowConfig::default(),
             minter: MinterKind::default(),
             provisioning: Default::default(),
+            session: Default::default(),
+            apps: Default::default(),
         }
     }
 }
@@ -285,6 +291,7 @@ impl SsoConfig {
             self.allow.validate(&mut bad);
             self.validate_minter(dify, &mut bad);
         }
+        self.validate_apps(dify, &mut bad);
         let cb = &self.callback_path;
         if !cb.starts_with('/') || cb.starts_with("//") || cb.contains(['?', '#', ' ', '\\']) {
             bad(
@@ -395,6 +402,59 @@ impl SsoConfig {
             StoreKind::Redis => true,
             StoreKind::Memory => false,
             StoreKind::Auto => !dify.redis_url.is_empty(),
+        }
+    }
+
+    fn validate_apps(&self, dify: &DifyConfig, bad: &mut impl FnMut(&str, String)) {
+        for (i, k) in self.session.keys.iter().enumerate() {
+            if k.expose().len() < 32 {
+                bad(
+                    &format!("sso.session.keys[{i}]"),
+                    "expected a random secret of at least 32 bytes (e.g. `openssl rand -base64 32`)"
+                        .into(),
+                );
+            }
+        }
+        let s = &self.session;
+        if s.lifetime.is_zero() {
+            bad(
+                "sso.session.lifetime",
+                "expected a duration such as 12h".into(),
+            );
+        }
+        if s.idle_timeout.is_zero() || s.idle_timeout > s.lifetime {
+            bad(
+                "sso.session.idle_timeout",
+                "expected a duration such as 2h, no longer than sso.session.lifetime".into(),
+            );
+        }
+        if let Err(e) = self.apps.default.parse() {
+            bad("sso.apps.default", e);
+        }
+        for (code, rule) in &self.apps.rules {
+            if code.is_empty()
+                || !code
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            {
+                bad(
+                    &format!("sso.apps.rules.{code}"),
+                    format!(
+                        "expected an app code as in the share URL (/chat/<code>), got {code:?}"
+                    ),
+                );
+            }
+            if let Err(e) = rule.parse() {
+                bad(&format!("sso.apps.rules.{code}"), e);
+            }
+        }
+        let protected = super::apps::AppPolicy::new(&self.apps).is_ok_and(|p| p.active());
+        if protected && dify.secret_key().is_none() {
+            bad(
+                "dify.secret_key",
+                "protected published apps (sso.apps) need Dify's SECRET_KEY to check the app passports"
+                    .into(),
+            );
         }
     }
 

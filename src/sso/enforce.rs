@@ -75,6 +75,9 @@ const CLOSED: &[ClosedRoute] = &[
     route("/api/email-code-login", Scope::Subtree, Methods::All),
     // web/forgot_password.py: the web-app password reset (`/validity`, `/resets`).
     route("/api/forgot-password", Scope::Subtree, Methods::All),
+    // web/app/webapp-reset-password: the page in front of that reset. (`/webapp-signin`, the
+    // page in front of the web-app login, is taken over by the gateway's own sign-in instead.)
+    route("/webapp-reset-password", Scope::Subtree, Methods::All),
 ];
 
 /// Whether `sso.enforce` refuses `method path` (`path` normalised, without the query).

@@ -2,6 +2,7 @@
 //! `/sso/continue` and `/sso/signed-out` itself, closes Dify's other ways in under `sso.enforce`,
 //! and lets everything else through.
 
+use super::apps::AppPolicy;
 use super::browser_cookies::{self as bc, CookieWriter, FlowState, LoopCount, RedirectFlow, Site};
 use super::config::{AllowConfig, SsoConfig};
 use super::failure::SsoFailure;
@@ -10,6 +11,7 @@ use super::origins::{PublicOrigins, RequestOrigin};
 use super::protocol::{LoginStart, SignInProtocol};
 use super::request::{RequestBody, SsoRequest, SsoResponse};
 use super::return_target::safe_return_target;
+use super::session::SessionCodec;
 use super::signer::{Signer, now_secs, random_hex};
 use super::used_states::{MemoryStates, RedisStates, UsedStates};
 use super::{enforce, pages, providers};
@@ -28,6 +30,9 @@ enum FlowPath {
     Callback,
     Continue,
     SignedOut,
+    /// Dify's web-app sign-in page, where its app front end sends a person on a 401.
+    WebappSignIn,
+    SignOut,
 }
 pub const LOGOUT_PATH: &str = "/console/api/logout";
 /// The gateway's namespace in Dify's Redis for used sign-in states (after Dify's key prefix).
@@ -57,6 +62,11 @@ pub struct SsoFlow {
     /// The SSO's origins, for callbacks without this browser's flow state.
     pub(super) callback_origins: Vec<String>,
     pub(super) idp_initiated: bool,
+    /// The gateway's own session (published apps; set by every sign-in).
+    pub(super) sessions: SessionCodec,
+    pub(super) apps: AppPolicy,
+    /// Dify's `SECRET_KEY`, to check app passports.
+    pub(super) secret_key: Option<String>,
 }
 
 /// PKCE S256: base64url(SHA-256(verifier)).
@@ -108,7 +118,20 @@ impl SsoFlow {
         } else {
             Box::new(MemoryStates::default())
         };
+        let session_keys: Vec<&str> = if sso.session.keys.is_empty() {
+            secret.into_iter().collect()
+        } else {
+            sso.session.keys.iter().map(|k| k.expose()).collect()
+        };
+        let apps = AppPolicy::new(&sso.apps)?;
         Ok(SsoFlow {
+            sessions: SessionCodec::new(
+                &session_keys,
+                sso.session.lifetime,
+                sso.session.idle_timeout,
+            ),
+            apps,
+            secret_key: dify.secret_key().map(str::to_string),
             enabled: sso.enabled,
             protocol: providers::build(sso)?,
             handoff: SessionHandoff::new(dify),
@@ -150,6 +173,14 @@ impl SsoFlow {
         if path == bc::CONTINUE_PATH {
             return Some(FlowPath::Continue);
         }
+        if path == super::app_access::LOGOUT_PATH {
+            return Some(FlowPath::SignOut);
+        }
+        if path.trim_end_matches('/') == super::app_access::WEBAPP_SIGNIN_PATH
+            && (self.enforce || self.apps.active())
+        {
+            return Some(FlowPath::WebappSignIn);
+        }
         (path == bc::SIGNED_OUT_PATH).then_some(FlowPath::SignedOut)
     }
 
@@ -185,8 +216,15 @@ impl SsoFlow {
                     log::info!(trace_id = req.trace_id; "sign-in from a bypass_cidrs client: Dify's own page");
                     return None;
                 }
-                Some(self.start_sign_in(req).await)
+                let asked = req.query_param("redirect_url").filter(|r| !r.is_empty());
+                Some(self.start_sign_in_to(req, asked).await)
             }
+            FlowPath::WebappSignIn if get => Some(self.webapp_sign_in(req).await),
+            FlowPath::WebappSignIn => Some(pages::method_not_allowed("GET, HEAD")),
+            FlowPath::SignOut => Some(match *req.method {
+                Method::GET | Method::HEAD | Method::POST => self.sign_out(req).await,
+                _ => pages::method_not_allowed("GET, HEAD, POST"),
+            }),
             FlowPath::Callback => Some(self.callback(req, body).await),
             FlowPath::Continue => Some(if get {
                 self.continue_after_callback(req)
@@ -213,12 +251,18 @@ impl SsoFlow {
         if !self.enabled || *method != Method::POST || !is_logout || status != 200 {
             return Vec::new();
         }
-        let mark =
-            CookieWriter { https }.set(bc::SIGNED_OUT, "1", "/", bc::SIGNED_OUT_TTL, Site::Lax);
-        vec![(
-            http::header::SET_COOKIE,
-            HeaderValue::from_str(&mark).expect("ASCII cookie"),
-        )]
+        let writer = CookieWriter { https };
+        // Signing out of the console ends the gateway session too (published apps included).
+        let mark = writer.set(bc::SIGNED_OUT, "1", "/", bc::SIGNED_OUT_TTL, Site::Lax);
+        [mark, self.sessions.clear_cookie(writer)]
+            .iter()
+            .map(|c| {
+                (
+                    http::header::SET_COOKIE,
+                    HeaderValue::from_str(c).expect("ASCII cookie"),
+                )
+            })
+            .collect()
     }
 
     pub(super) fn failure(
@@ -261,7 +305,13 @@ impl SsoFlow {
         }
     }
 
-    async fn start_sign_in(&self, req: &SsoRequest<'_>) -> SsoResponse {
+    /// Sends the browser to the SSO; `asked` is where it should land afterwards (a local path, or
+    /// an absolute URL of our own origin).
+    pub(super) async fn start_sign_in_to(
+        &self,
+        req: &SsoRequest<'_>,
+        asked: Option<String>,
+    ) -> SsoResponse {
         let writer = CookieWriter::for_request(req);
         let origin = self.public_origin(req);
         if writer.read(req.headers, bc::SIGNED_OUT).is_some() {
@@ -291,7 +341,6 @@ impl SsoFlow {
         if count.exhausted() {
             return self.failure(req, &SsoFailure::RedirectLoop, req.trace_id);
         }
-        let asked = req.query_param("redirect_url").filter(|r| !r.is_empty());
         // A same-origin absolute URL is taken as its path; every other absolute URL is refused.
         let ret = asked
             .as_deref()
@@ -389,16 +438,11 @@ impl SsoFlow {
     /// The signed-out page's button: clear the mark and start a normal sign-in. Same-origin only,
     /// so another site cannot undo a logout behind the user's back.
     fn sign_in_again(&self, req: &SsoRequest<'_>) -> SsoResponse {
-        let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
         // Fetch metadata decides when the browser sends it: the signed-out page has
         // `Referrer-Policy: no-referrer`, so Chromium posts its button with `Origin: null` and
         // `Sec-Fetch-Site: same-origin`. Without it, the Origin (if any) must be ours; an opaque
         // `null` origin without fetch metadata is refused.
-        let cross_origin = match header("sec-fetch-site") {
-            Some(site) => site != "same-origin" && site != "none",
-            None => header("origin").is_some_and(|o| o != req.origin()),
-        };
-        if cross_origin {
+        if super::origins::is_cross_site(req) {
             return SsoResponse::with_body(
                 403,
                 "text/plain; charset=utf-8",

@@ -186,7 +186,12 @@ async fn logout_sticks_until_sign_in_again() {
             .is_empty()
     );
     let mark = flow.on_upstream_response(&Method::POST, "/console/api/logout", 200, false);
-    assert_eq!(mark.len(), 1);
+    // The signed-out mark, and the gateway session cleared.
+    assert_eq!(mark.len(), 2);
+    assert!(
+        mark[1].1.to_str().unwrap().starts_with("dg_session=; "),
+        "{mark:?}"
+    );
     let mut b = Browser::new();
     let r = SsoResponse {
         status: 200,

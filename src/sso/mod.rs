@@ -5,6 +5,8 @@
 //! mechanisms every protocol shares.
 
 pub mod allow;
+mod app_access;
+pub mod apps;
 mod browser_cookies;
 pub mod builtin_minter;
 mod callback;
@@ -20,10 +22,12 @@ pub mod protocol;
 pub mod providers;
 mod request;
 pub mod return_target;
+pub mod session;
 mod signer;
 pub mod used_states;
 
 pub use crate::secret::{Secret, mask};
+pub use app_access::{AppCheck, AppForward, PassportCall};
 /// The request-cookie readers, public for the fuzz targets in `fuzz/`.
 #[doc(hidden)]
 pub use browser_cookies::{flow_cookies, read as read_cookie};

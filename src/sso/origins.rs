@@ -97,3 +97,14 @@ pub fn initiator(req: &SsoRequest<'_>, sso_origins: &[String]) -> Initiator {
         _ => Initiator::Foreign,
     }
 }
+
+/// True when the browser says another site sent this request (fetch metadata, or else an
+/// `Origin` that is not the request's own). Requests from no site at all (typed, bookmarked)
+/// are not cross-site.
+pub fn is_cross_site(req: &SsoRequest<'_>) -> bool {
+    let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+    match header("sec-fetch-site") {
+        Some(site) => site != "same-origin" && site != "none",
+        None => header("origin").is_some_and(|o| o != req.origin()),
+    }
+}

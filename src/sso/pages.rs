@@ -91,6 +91,61 @@ pub fn enforced(trace_id: &str) -> SsoResponse {
     SsoResponse::with_body(403, JSON, body.to_string())
 }
 
+/// A published app's page refused by its rule: who is signed in, and who to ask.
+pub fn app_refused(
+    person: Option<&str>,
+    trace_id: &str,
+    support_contact: &str,
+    wants_json: bool,
+) -> SsoResponse {
+    let message = "This app is not open to you.";
+    if wants_json {
+        return app_api_refused("web_app_access_denied", message, trace_id);
+    }
+    let who = match person {
+        Some(p) => format!(
+            "<p>You are signed in as <strong>{}</strong>.</p>",
+            escape_html(p)
+        ),
+        None => String::new(),
+    };
+    let contact = if support_contact.is_empty() {
+        "To get access, ask your administrator".to_string()
+    } else {
+        format!("To get access, contact {}", escape_html(support_contact))
+    };
+    let inner = format!(
+        "<h1>No access to this app</h1><p>{message}</p>{who}\
+         <form method=\"post\" action=\"/sso/logout\"><button class=\"btn\" type=\"submit\">Sign in as someone else</button></form>\
+         <p class=\"muted\">{contact} and quote this trace id: <code>{trace}</code></p>",
+        trace = escape_html(trace_id),
+    );
+    page(403, "No access", &inner)
+}
+
+/// A web-app API call the gateway refused, as Dify's app front end reads an error: on a 401 with
+/// `web_sso_auth_required` or `web_app_access_denied` it drops its passport and sends the
+/// person to `/webapp-signin`, which the gateway answers.
+pub fn app_api_refused(code: &str, message: &str, trace_id: &str) -> SsoResponse {
+    let body = serde_json::json!({
+        "code": code,
+        "message": message,
+        "status": 401,
+        "trace_id": trace_id,
+    });
+    SsoResponse::with_body(401, JSON, body.to_string())
+}
+
+/// `/sso/logout` reached from another site: a button, so the person decides.
+pub fn confirm_sign_out(action: &str) -> SsoResponse {
+    let inner = format!(
+        "<h1>Sign out?</h1><p>Another site sent you here to sign out of Dify.</p>\
+         <form method=\"post\" action=\"{}\"><button class=\"btn\" type=\"submit\">Sign out</button></form>",
+        escape_html(action)
+    );
+    page(200, "Sign out", &inner)
+}
+
 pub fn method_not_allowed(allow: &'static str) -> SsoResponse {
     let mut r = SsoResponse::with_body(405, "text/plain; charset=utf-8", "method not allowed\n");
     r.headers

@@ -144,6 +144,14 @@ pub struct DifyRequest {
     pub iss: Option<String>,
 }
 
+/// The codes of the apps this Dify has published.
+pub const PUBLISHED_APPS: &[&str] = &[
+    "OpenChat00000001",
+    "HrOnly0000000002",
+    "Closed0000000003",
+    "EngFlow000000004",
+];
+
 struct Shared {
     settings: DifySettings,
     /// What `/health` and `X-Version` say now (an upgrade changes it).
@@ -151,6 +159,8 @@ struct Shared {
     /// account id -> name
     accounts: Mutex<HashMap<String, String>>,
     requests: Mutex<Vec<DifyRequest>>,
+    /// Published apps (`/chat/<code>`..., `/api/*`).
+    webapps: super::dify_webapp::WebApps,
 }
 
 pub struct DifyMock {
@@ -169,6 +179,7 @@ impl DifyMock {
             settings,
             accounts: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
+            webapps: super::dify_webapp::WebApps::new(PUBLISHED_APPS),
         });
         let s = shared.clone();
         let server = MockServer::start(bind, move |r| {
@@ -191,6 +202,11 @@ impl DifyMock {
             .lock()
             .unwrap()
             .insert(user_id.into(), name.into());
+    }
+
+    /// Dify's `end_users` rows of the published apps.
+    pub fn end_users(&self) -> Vec<super::dify_webapp::EndUser> {
+        self.shared.webapps.end_users()
     }
 
     pub fn requests(&self) -> Vec<DifyRequest> {
@@ -325,6 +341,9 @@ fn route(s: &Shared, r: &MockRequest) -> (MockResponse, Option<String>) {
     let method = r.method.as_str();
     if path.starts_with("/console/api/") {
         return console_api(s, r, path, method);
+    }
+    if let Some(answer) = s.webapps.handle(&s.settings.secret_key, r) {
+        return (answer, None);
     }
     if path.starts_with("/api/") || path.starts_with("/v1/") {
         return (MockResponse::json(404, &json!({"code": "not_found"})), None);

@@ -79,6 +79,7 @@ pub mod browser_sim;
 pub mod cas_mock;
 pub mod dify_mock;
 pub mod dify_services;
+pub mod dify_webapp;
 pub mod identity_mock;
 pub mod mock_http;
 pub mod oidc_mock;

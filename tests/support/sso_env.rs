@@ -17,8 +17,8 @@ pub const MALLORY_ID: &str = "6f1c0d2a-0000-4000-8000-0000000000ff";
 
 pub fn users() -> Vec<SsoUser> {
     vec![
-        SsoUser::new("alice", "Alice Example", ALICE_ID),
-        SsoUser::new("bob", "Bob Müller", BOB_ID),
+        SsoUser::new("alice", "Alice Example", ALICE_ID).with_email("Alice@corp.example", &["hr"]),
+        SsoUser::new("bob", "Bob Müller", BOB_ID).with_email("bob@corp.example", &["eng"]),
         SsoUser::new("mallory", "Mallory Banned", MALLORY_ID).refused(),
     ]
 }

@@ -31,6 +31,9 @@ pub struct SsoUser {
     pub user_id: String,
     /// The management service refuses this user (403), e.g. banned in Dify.
     pub refused: bool,
+    /// What the exchange answer says of the person besides the tokens (`email`, `groups`).
+    pub email: Option<String>,
+    pub groups: Vec<String>,
 }
 
 impl SsoUser {
@@ -40,7 +43,15 @@ impl SsoUser {
             name: name.into(),
             user_id: user_id.into(),
             refused: false,
+            email: None,
+            groups: Vec::new(),
         }
+    }
+
+    pub fn with_email(mut self, email: &str, groups: &[&str]) -> SsoUser {
+        self.email = Some(email.into());
+        self.groups = groups.iter().map(|g| g.to_string()).collect();
+        self
     }
 
     pub fn refused(mut self) -> SsoUser {
@@ -395,6 +406,10 @@ async fn exchange(s: &Shared, r: &MockRequest, call: &ExchangeCall) -> MockRespo
     let mut body = json!({"access_token": access, "refresh_token": refresh});
     if let Some(c) = &csrf {
         body["csrf_token"] = json!(c);
+    }
+    if let Some(e) = &user.email {
+        body["email"] = json!(e);
+        body["groups"] = json!(user.groups);
     }
     match behavior {
         ExchangeBehavior::Status(code) => {

@@ -152,6 +152,21 @@ pub fn parse_answer(body: &[u8]) -> Result<DifySession, SsoFailure> {
         access_token: field("access_token").ok_or_else(|| missing("access_token"))?,
         refresh_token: field("refresh_token").ok_or_else(|| missing("refresh_token"))?,
         csrf_token: field("csrf_token"),
+        owner: crate::dify::session::SessionOwner {
+            email: field("email"),
+            name: field("name"),
+            groups: value
+                .get("groups")
+                .and_then(|g| g.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|g| g.as_str())
+                        .filter(|g| !g.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
     })
 }
 
