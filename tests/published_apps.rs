@@ -467,3 +467,45 @@ async fn machine_endpoints_and_client_identity_headers() {
         );
     }
 }
+
+#[tokio::test]
+async fn path_variants_of_an_app_page_and_of_the_passport_call_are_judged_alike() {
+    let env = SsoEnv::start(apps_setup()).await;
+    for variant in [
+        format!("/chat/{HR}"),
+        format!("//chat/{HR}"),
+        format!("/chat/./{HR}"),
+        format!("/chat/x/../{HR}"),
+        format!("/chat/{HR}/"),
+        format!("/%63hat/{HR}"),
+        format!("/chat/{HR}?x=%2F..%2F"),
+        format!("/chatbot/{HR}"),
+        format!("/workflow/{HR}/run"),
+    ] {
+        // A fresh browser each time: a fourth trip to the SSO within a minute meets the loop breaker.
+        let p = env.browser().get(&env.url(&variant)).await;
+        assert_eq!(p.status, 302, "{variant} must go to the SSO: {}", p.body);
+    }
+    assert!(
+        env.dify.requests().iter().all(|r| !r.path.contains(HR)),
+        "Dify never served the protected app to someone not signed in"
+    );
+    let mut alice = env.browser();
+    open_and_sign_in(&env, &mut alice, &format!("/chat/{ENG}"), "alice").await;
+    for variant in [
+        "/api/passport?user_id=bob%40corp.example",
+        "/api//passport?user_id=bob%40corp.example",
+        "/api/./passport?user_id=bob%40corp.example",
+        "/api/pass%70ort?user_id=bob%40corp.example",
+        "/api/passport?user_id=bob%40corp.example&user_id=bob%40corp.example",
+        "/api/passport?user%5Fid=bob%40corp.example",
+    ] {
+        api(&mut alice, &env, "GET", variant, ENG, None).await;
+    }
+    let rows = env.dify.end_users();
+    assert!(!rows.is_empty());
+    assert!(
+        rows.iter().all(|u| u.session_id == "alice@corp.example"),
+        "{rows:?}"
+    );
+}

@@ -36,25 +36,6 @@ pub use failure::SsoFailure;
 pub use flow::SsoFlow;
 pub use request::{BodyError, BufferedBody, RequestBody, SsoRequest, SsoResponse};
 
+/// Module tests and their doubles (a mock IdP, a mock exchange, a scripted browser).
 #[cfg(test)]
-mod browser_cookies_tests;
-#[cfg(test)]
-mod cas_oauth2_tests;
-#[cfg(test)]
-mod config_tests;
-#[cfg(test)]
-mod flow_failure_tests;
-#[cfg(test)]
-mod flow_tests;
-#[cfg(test)]
-mod mock_exchange;
-#[cfg(test)]
-mod mock_idp;
-#[cfg(test)]
-mod oidc_tests;
-#[cfg(test)]
-mod prop_tests;
-#[cfg(test)]
-mod test_browser;
-#[cfg(test)]
-mod test_keys;
+mod tests;

@@ -3,9 +3,9 @@
 
 use super::mock_exchange::{MockExchange, Reply, unreachable_url};
 use super::test_browser::{Browser, KEY, USER, dify, form, location, sso, tokens_reply};
-use super::*;
 use crate::dify::SessionDelivery;
 use crate::dify::tokens::mint_access_token;
+use crate::sso::*;
 use http::Method;
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-use super::browser_cookies::*;
+use crate::sso::browser_cookies::*;
 use http::HeaderMap;
 use std::time::Duration;
 

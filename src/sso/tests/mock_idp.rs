@@ -55,7 +55,7 @@ impl Drop for MockIdp {
 }
 
 fn now() -> u64 {
-    super::signer::now_secs()
+    crate::sso::signer::now_secs()
 }
 
 fn query_pairs(target: &str) -> HashMap<String, String> {
@@ -177,7 +177,7 @@ impl MockIdp {
         if let Some(m) = q.get("code_challenge_method") {
             assert_eq!(m, "S256");
         }
-        let code = super::signer::random_hex(12);
+        let code = crate::sso::signer::random_hex(12);
         s.codes.insert(
             code.clone(),
             Grant {
@@ -199,7 +199,7 @@ impl MockIdp {
     pub fn cas_login(&self, location: &str) -> String {
         let q = query_pairs(location);
         let service = q["service"].clone();
-        let ticket = format!("ST-{}", super::signer::random_hex(8));
+        let ticket = format!("ST-{}", crate::sso::signer::random_hex(8));
         self.state
             .lock()
             .unwrap()

@@ -1,10 +1,10 @@
 //! CAS 3.0 and OAuth2 (GitHub-shaped) through SsoFlow against the in-process mock provider.
 
-use super::config::{OAuth2Config, OAuth2Preset};
 use super::mock_idp::*;
 use super::oidc_tests::{flow_for, identity_sso, start_idp};
 use super::test_browser::*;
-use super::*;
+use crate::sso::config::{OAuth2Config, OAuth2Preset};
+use crate::sso::*;
 use serde_json::{Value, json};
 
 fn cas_sso(idp: &MockIdp) -> SsoConfig {
@@ -183,7 +183,7 @@ async fn oauth2_wrong_state_never_redeems_and_generic_pointers_work() {
     });
     let mut sso = github_sso(&idp);
     sso.oauth2.preset = OAuth2Preset::None;
-    sso.oauth2.claims = super::config::OAuth2Config::default().claims;
+    sso.oauth2.claims = crate::sso::config::OAuth2Config::default().claims;
     sso.oauth2.claims.id = "/data/uid".into();
     sso.oauth2.claims.email = "/data/mail".into();
     sso.oauth2.claims.email_verified = "/data/ok".into();
@@ -218,7 +218,7 @@ fn oauth2_endpoints_and_issuer_must_be_http_urls() {
             userinfo_url: "https://id.example.com/userinfo".into(),
             client_id: "c".into(),
             client_secret: Secret::new("s"),
-            claims: super::config_protocols::OAuth2Claims {
+            claims: crate::sso::config_protocols::OAuth2Claims {
                 id: "/id".into(),
                 ..Default::default()
             },

@@ -1,9 +1,9 @@
 //! The `sso` and `dify` sections through the real loader: keys, defaults, the seed's environment,
 //! and validation messages that name the field and what was expected.
 
-use super::*;
 use crate::config::{Config, Issue};
 use crate::dify::{DifyConfig, SessionDelivery};
+use crate::sso::*;
 use std::collections::HashMap;
 use std::time::Duration;
 

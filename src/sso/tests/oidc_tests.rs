@@ -1,12 +1,12 @@
 //! OpenID Connect through SsoFlow against the in-process mock provider (`mock_idp`), and the
 //! management service's identity call.
 
-use super::config::{AllowConfig, MinterKind, OidcConfig};
 use super::mock_idp::*;
 use super::test_browser::*;
-use super::*;
 use crate::dify::SessionDelivery;
 use crate::dify::tokens::mint_access_token;
+use crate::sso::config::{AllowConfig, MinterKind, OidcConfig};
+use crate::sso::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;

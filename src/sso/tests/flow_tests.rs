@@ -3,9 +3,9 @@
 
 use super::mock_exchange::{MockExchange, captured_logs};
 use super::test_browser::*;
-use super::*;
 use crate::dify::SessionDelivery;
 use crate::dify::tokens::{mint_access_token, verify_csrf_token};
+use crate::sso::*;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, header};
 use std::collections::BTreeMap;

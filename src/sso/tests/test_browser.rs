@@ -2,8 +2,8 @@
 //! callback and `/sso/continue`, and leaves them out where a browser would (a cross-site POST).
 
 use super::mock_exchange::{Reply, capture_logs};
-use super::*;
 use crate::dify::{DifyConfig, SessionDelivery};
+use crate::sso::*;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, header};
 use std::collections::BTreeMap;

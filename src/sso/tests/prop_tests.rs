@@ -1,6 +1,6 @@
 //! Property tests of the cookie header reader (issue 8).
 
-use super::browser_cookies::read;
+use crate::sso::browser_cookies::read;
 use http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
 
