@@ -973,3 +973,44 @@ async fn oauth2_callback_iss_with_a_configured_issuer() {
     a.refused(401, "another sign-in server (iss)");
     assert_eq!(a.tokens, 0);
 }
+
+/// A published app behind OIDC: the groups come from the ID token, the app sign-in makes no
+/// Dify account (the management service is not asked) and no Dify console session.
+#[tokio::test]
+async fn oidc_app_sign_in_admits_by_the_groups_claim_and_creates_no_dify_account() {
+    let apps = "  apps:\n    default: deny\n    rules:\n      EngFlow000000004: { groups: [staff] }\n      HrOnly0000000002: { groups: [hr] }\n";
+    let rp = Rp::start(Proto::Oidc, Knobs::default(), apps).await;
+    let mut b = Browser::new();
+    let first = b.get(&rp.url("/chat/EngFlow000000004?from=mail")).await;
+    assert_eq!(first.status, 302, "{}", first.body);
+    let authorize = first.location().unwrap().to_string();
+    assert!(
+        authorize.starts_with(&rp.op.url("/authorize?")),
+        "{authorize}"
+    );
+    let back = b
+        .request("GET", &authorize, None, Some(&first.url), &[])
+        .await;
+    let cb = back.location().expect("Location").to_string();
+    let page = b
+        .request("GET", &cb, None, Some(&rp.op.url("/authorize")), &[])
+        .await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    let landing = b.follow(page, 5).await;
+    assert_eq!(landing.url, rp.url("/chat/EngFlow000000004?from=mail"));
+    assert!(
+        landing.body.contains("Published app EngFlow000000004"),
+        "{}",
+        landing.body
+    );
+    assert!(
+        rp.identity.calls().is_empty(),
+        "no Dify account for an app sign-in"
+    );
+    for c in ["access_token", "refresh_token", "csrf_token"] {
+        assert!(b.cookie(&rp.url("/"), c).is_none(), "{c} set");
+    }
+    // Ann is in `staff`, not in `hr`; an app no rule names is switched off (`default: deny`).
+    assert_eq!(b.get(&rp.url("/chat/HrOnly0000000002")).await.status, 403);
+    assert_eq!(b.get(&rp.url("/chat/OpenChat00000001")).await.status, 403);
+}

@@ -280,6 +280,16 @@ async fn user_id_is_the_person_and_passports_are_bound_to_them() {
     let p = api(&mut bob, &env, "GET", "/api/parameters", ENG, Some(&forged)).await;
     assert_eq!(p.status, 401);
     assert_eq!(env.dify.requests().len(), before, "Dify saw none of them");
+    // No passport or session cookie in any log line.
+    let session = alice.cookie(&env.url("/"), "dg_session").unwrap();
+    let logs = format!("{}\n{}", env.gw.stderr(), env.gw.stdout());
+    for (what, secret) in [
+        ("passport", token_a.as_str()),
+        ("session cookie", session.as_str()),
+    ] {
+        let sig = secret.rsplit(['.', '/']).next().unwrap();
+        assert!(!logs.contains(sig), "a {what} is in the logs");
+    }
 }
 
 /// A passport as Dify itself signs it.
@@ -411,7 +421,7 @@ async fn reload_changes_a_rule_without_a_restart() {
     assert_ne!(yaml, changed);
     std::fs::write(&env.gw.config_path, changed).unwrap();
     env.gw.signal(libc::SIGHUP);
-    let refused = support::poll_until(Duration::from_secs(10), || {
+    let refused = support::poll_until(Duration::from_secs(30), || {
         let url = env.url(&format!("/chat/{OPEN}"));
         async move {
             let mut b = Browser::new();
@@ -508,4 +518,50 @@ async fn path_variants_of_an_app_page_and_of_the_passport_call_are_judged_alike(
         rows.iter().all(|u| u.session_id == "alice@corp.example"),
         "{rows:?}"
     );
+}
+
+#[tokio::test]
+async fn over_https_an_app_sign_in_gets_the_host_prefixed_session_and_no_console_session() {
+    let mut setup = apps_setup();
+    setup.dify.console_web_url = "https://dify.example.com".into();
+    setup.dify.console_api_url = "https://dify.example.com".into();
+    setup.trusted_proxies = vec!["127.0.0.1/32".into()];
+    let env = SsoEnv::start(setup).await;
+    let mut b = env.browser();
+    b.map("dify.example.com:443", env.gw.listen);
+    b.extra_header("dify.example.com:443", "x-forwarded-proto", "https");
+    let first = b.get(&format!("https://dify.example.com/chat/{HR}")).await;
+    assert_eq!(first.status, 302, "{}", first.body);
+    let sso_page = b.follow(first, 2).await;
+    let cb = b.submit(&sso_page, "signin-alice").await;
+    let session = cb
+        .set_cookie("__Host-dg_session")
+        .unwrap_or_else(|| panic!("{:?}", cb.set_cookies()));
+    assert_eq!(
+        (session.secure(), session.http_only(), session.path()),
+        (Some(true), Some(true), Some("/"))
+    );
+    assert_eq!(session.same_site(), Some(cookie::SameSite::Lax));
+    for c in cb.set_cookies() {
+        assert!(
+            !c.contains("access_token") && !c.contains("refresh_token"),
+            "{c}"
+        );
+    }
+    let landing = b.follow(cb, 5).await;
+    assert_eq!(path_of(&landing.url), format!("/chat/{HR}"));
+    assert!(landing.body.contains(&format!("Published app {HR}")));
+    // Dify's own passport cookie name over HTTPS (`__Host-passport-<code>`) is checked as well.
+    let mut nobody = env.browser();
+    nobody.map("dify.example.com:443", env.gw.listen);
+    nobody.extra_header("dify.example.com:443", "x-forwarded-proto", "https");
+    nobody.set_cookie_raw(
+        "https://dify.example.com/",
+        &format!("__Host-passport-{HR}"),
+        &dify_passport(HR, "x"),
+    );
+    let p = nobody
+        .request("GET", "https://dify.example.com/api/meta", None, None, &[])
+        .await;
+    assert_eq!(p.status, 401, "{}", p.body);
 }

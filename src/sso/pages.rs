@@ -65,9 +65,13 @@ pub fn signed_out() -> SsoResponse {
         "<h1>You are signed out</h1><p>You have signed out of Dify.</p>\
          <form method=\"post\" action=\"{SIGNED_OUT_PATH}\"><button class=\"btn\" type=\"submit\">Sign in again</button></form>"
     );
-    let mut r = page(200, "Signed out", &inner);
-    // The button's POST is answered by a redirect chain that ends at the SSO's own origin, and
-    // browsers apply `form-action` to every hop of it: here the form may lead anywhere the flow does.
+    form_may_leave(page(200, "Signed out", &inner))
+}
+
+/// A page whose button's POST is answered by a redirect chain that ends at the SSO's own origin
+/// (sign in again, sign out): browsers apply `form-action` to every hop of it, so here the form
+/// may lead anywhere the flow does.
+fn form_may_leave(mut r: SsoResponse) -> SsoResponse {
     for (name, value) in r.headers.iter_mut() {
         if *name == http::header::CONTENT_SECURITY_POLICY {
             *value = http::HeaderValue::from_static(CSP_SIGNED_OUT);
@@ -116,11 +120,11 @@ pub fn app_refused(
     };
     let inner = format!(
         "<h1>No access to this app</h1><p>{message}</p>{who}\
-         <form method=\"post\" action=\"/sso/logout\"><button class=\"btn\" type=\"submit\">Sign in as someone else</button></form>\
+         <form method=\"post\" action=\"/sso/logout\"><button class=\"btn\" type=\"submit\">Sign out</button></form>\
          <p class=\"muted\">{contact} and quote this trace id: <code>{trace}</code></p>",
         trace = escape_html(trace_id),
     );
-    page(403, "No access", &inner)
+    form_may_leave(page(403, "No access", &inner))
 }
 
 /// A web-app API call the gateway refused, as Dify's app front end reads an error: on a 401 with
@@ -143,7 +147,7 @@ pub fn confirm_sign_out(action: &str) -> SsoResponse {
          <form method=\"post\" action=\"{}\"><button class=\"btn\" type=\"submit\">Sign out</button></form>",
         escape_html(action)
     );
-    page(200, "Sign out", &inner)
+    form_may_leave(page(200, "Sign out", &inner))
 }
 
 pub fn method_not_allowed(allow: &'static str) -> SsoResponse {
