@@ -451,6 +451,81 @@ async fn roles_come_from_the_group_map_else_the_default() {
     }
 }
 
+/// `role_sync: on_sign_in`: promotion and demotion follow the groups at every sign-in, except
+/// that the owner is never touched and the last admin is not demoted; `first_sign_in` (the
+/// default) leaves a join's role alone.
+#[tokio::test]
+async fn role_sync_follows_the_directory_but_spares_the_owner_and_the_last_admin() {
+    let role_map = |p: &mut ProvisioningConfig| {
+        p.role_map = [("dify-admins", "admin"), ("devs", "editor")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+    };
+    let mut p = prov();
+    role_map(&mut p);
+    p.role_sync = dify_gateway::dify::provisioning::RoleSync::OnSignIn;
+    let env = Env::new(need_services!(), p).await;
+    let m = env.minter();
+    let role = |email: &'static str| {
+        let env = &env;
+        async move {
+            let id = env.account_id(email).await.unwrap();
+            env.joins(id).await[0].1.clone()
+        }
+    };
+    let sign_in = |who: &'static str, groups: &'static [&'static str]| {
+        let m = &m;
+        async move {
+            let email = format!("{who}@example.com");
+            mint(&**m, &identity(who, &email, who, groups))
+                .await
+                .unwrap();
+        }
+    };
+    sign_in("ann", &["dify-admins"]).await;
+    sign_in("bob", &["dify-admins"]).await;
+    sign_in("cid", &[]).await;
+    assert_eq!(role("cid@example.com").await, "normal");
+    // Promotion and demotion.
+    sign_in("cid", &["devs"]).await;
+    assert_eq!(role("cid@example.com").await, "editor");
+    sign_in("ann", &["devs"]).await;
+    assert_eq!(role("ann@example.com").await, "editor");
+    // Bob is now the last admin: leaving the group does not demote him.
+    sign_in("bob", &[]).await;
+    assert_eq!(role("bob@example.com").await, "admin");
+    // The owner keeps the owner role whatever the directory says.
+    let owner = env.account_id("cid@example.com").await.unwrap();
+    env.db
+        .client
+        .execute(
+            "UPDATE tenant_account_joins SET role = 'owner' WHERE account_id = $1",
+            &[&owner],
+        )
+        .await
+        .unwrap();
+    sign_in("cid", &[]).await;
+    assert_eq!(role("cid@example.com").await, "owner");
+
+    // first_sign_in: the role set at the join stays.
+    let mut p = prov();
+    role_map(&mut p);
+    let env = Env::new(need_services!(), p).await;
+    let m = env.minter();
+    mint(&*m, &identity("dan", "dan@example.com", "dan", &["devs"]))
+        .await
+        .unwrap();
+    mint(
+        &*m,
+        &identity("dan", "dan@example.com", "dan", &["dify-admins"]),
+    )
+    .await
+    .unwrap();
+    let id = env.account_id("dan@example.com").await.unwrap();
+    assert_eq!(env.joins(id).await[0].1, "editor");
+}
+
 #[tokio::test]
 async fn unknown_user_is_refused_when_accounts_are_not_created() {
     let mut p = prov();

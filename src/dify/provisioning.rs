@@ -107,6 +107,19 @@ pub struct ProvisioningConfig {
     /// When set, `account_integrates` links the account to the identity (`provider` = this,
     /// `open_id` = the identity's subject), and the link is looked up before the email.
     pub integrate_provider: String,
+    /// When `role_map` applies: at the first sign-in only, or at every sign-in.
+    pub role_sync: RoleSync,
+}
+
+/// `sso.provisioning.role_sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleSync {
+    /// The role is set when the account joins the workspace; Dify's admins own it afterwards.
+    #[default]
+    FirstSignIn,
+    /// Every sign-in re-applies `role_map` (promotion and demotion): the directory owns roles.
+    OnSignIn,
 }
 
 impl Default for ProvisioningConfig {
@@ -119,6 +132,7 @@ impl Default for ProvisioningConfig {
             interface_language: "en-US".into(),
             timezone: "UTC".into(),
             integrate_provider: String::new(),
+            role_sync: RoleSync::default(),
         }
     }
 }
@@ -133,6 +147,7 @@ pub struct Provisioning {
     pub interface_language: String,
     pub timezone: String,
     pub integrate_provider: Option<String>,
+    pub role_sync: RoleSync,
 }
 
 impl Provisioning {
@@ -213,6 +228,7 @@ impl ProvisioningConfig {
                 .collect(),
             interface_language: self.interface_language.clone(),
             timezone: self.timezone.clone(),
+            role_sync: self.role_sync,
             integrate_provider: (!self.integrate_provider.is_empty())
                 .then(|| self.integrate_provider.clone()),
         })

@@ -22,7 +22,7 @@
 //! for each other), and on the provider's subject when linking; then find-or-create runs under it.
 
 use super::pg_tls::{Check, TlsSettings};
-use super::provisioning::Provisioning;
+use super::provisioning::{Provisioning, RoleSync};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,6 +131,8 @@ pub struct SignedIn {
     pub created: bool,
     /// A workspace join was added (new account, or one whose join was missing).
     pub joined: bool,
+    /// `role_sync: on_sign_in` changed the join's role: (old, new).
+    pub role_change: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -489,15 +491,21 @@ impl DifyStore {
 
         let q = tx
             .prepare_cached(
-                "SELECT id FROM tenant_account_joins WHERE tenant_id = $1 AND account_id = $2",
+                "SELECT id, role FROM tenant_account_joins WHERE tenant_id = $1 AND account_id = $2",
             )
             .await
             .map_err(db_err)?;
-        let join: Option<Uuid> = tx
+        let join: Option<(Uuid, String)> = tx
             .query_opt(&q, &[&prov.workspace_id, &account_id])
             .await
             .map_err(db_err)?
-            .map(|r| r.get(0));
+            .map(|r| (r.get(0), r.get(1)));
+        let role_change = match &join {
+            Some((join_id, current)) if prov.role_sync == RoleSync::OnSignIn => {
+                sync_role(&tx, prov, *join_id, account_id, current, req.groups).await?
+            }
+            _ => None,
+        };
         let q = tx
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM tenant_account_joins WHERE account_id = $1 AND current)",
@@ -548,7 +556,7 @@ impl DifyStore {
                 .await
                 .map_err(db_err)?;
             }
-            Some(join_id) if !has_current => {
+            Some((join_id, _)) if !has_current => {
                 let q = tx
                     .prepare_cached(&format!(
                         "UPDATE tenant_account_joins SET current = true, updated_at = {NOW} WHERE id = $1"
@@ -564,6 +572,7 @@ impl DifyStore {
             account_id,
             created,
             joined,
+            role_change,
         };
         let extra = before_commit(signed_in.clone())
             .await
@@ -690,6 +699,54 @@ pub fn describe_pg(e: &tokio_postgres::Error) -> String {
             s
         }
     }
+}
+
+/// `role_sync: on_sign_in`: the join's role made what `role_map` says now. The workspace owner is
+/// never touched (Dify allows one, and only the owner hands it over), and the last admin is not
+/// demoted: a workspace without an admin could only be repaired by its owner. Returns
+/// `(old, new)` when the role changed.
+async fn sync_role(
+    tx: &deadpool_postgres::Transaction<'_>,
+    prov: &Provisioning,
+    join_id: Uuid,
+    account_id: Uuid,
+    current: &str,
+    groups: &[String],
+) -> Result<Option<(String, String)>, StoreError> {
+    let wanted = prov.role_for(groups).as_str();
+    if current == wanted || current == "owner" {
+        return Ok(None);
+    }
+    if current == "admin" {
+        // Locks the workspace's admin joins, so two demotions at once cannot both see another admin.
+        let q = tx
+            .prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM tenant_account_joins \
+                 WHERE tenant_id = $1 AND role = 'admin' AND account_id <> $2 FOR UPDATE) AS admins",
+            )
+            .await
+            .map_err(db_err)?;
+        let others: i64 = tx
+            .query_one(&q, &[&prov.workspace_id, &account_id])
+            .await
+            .map_err(db_err)?
+            .get(0);
+        if others == 0 {
+            log::warn!(account_id = account_id.to_string().as_str(), role = current, wanted = wanted;
+                "role sync: not demoting the workspace's last admin");
+            return Ok(None);
+        }
+    }
+    let q = tx
+        .prepare_cached(&format!(
+            "UPDATE tenant_account_joins SET role = $2, updated_at = {NOW} WHERE id = $1"
+        ))
+        .await
+        .map_err(db_err)?;
+    tx.execute(&q, &[&join_id, &wanted]).await.map_err(db_err)?;
+    log::info!(account_id = account_id.to_string().as_str(), old_role = current, new_role = wanted;
+        "role sync: role changed to follow the directory");
+    Ok(Some((current.to_string(), wanted.to_string())))
 }
 
 #[cfg(test)]
