@@ -191,12 +191,15 @@ async fn the_callback_url_comes_from_configuration_not_from_host() {
         to_sso("evil.example").await,
         "http://dify.example.com/qsso_backcall"
     );
-    assert!(
+    // The gateway's stderr is read by another thread: wait for the line rather than race it.
+    let logged = support::poll_until(std::time::Duration::from_secs(10), || async {
         env.gw
             .stderr()
-            .contains("the request's Host is not a configured public origin"),
-        "the refusal is logged"
-    );
+            .contains("the request's Host is not a configured public origin")
+            .then_some(())
+    })
+    .await;
+    assert!(logged.is_some(), "the refusal is logged");
     assert_eq!(
         to_sso("dify.example.com").await,
         "http://dify.example.com/qsso_backcall"

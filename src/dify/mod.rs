@@ -3,6 +3,7 @@
 //! mints sessions itself reuses it.
 
 pub mod cookies;
+pub mod directory;
 pub mod pg_tls;
 pub mod provisioning;
 pub mod redirect;

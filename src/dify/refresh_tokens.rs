@@ -58,6 +58,28 @@ impl RefreshTokens {
             .map_err(|e| format!("Redis refused the refresh token ({e})"))
     }
 
+    /// Ends an account's Dify session: deletes its refresh token (both keys), so Dify's
+    /// `/console/api/refresh-token` refuses it. The access token lives out its short expiry.
+    /// Returns whether there was one.
+    pub async fn revoke(&self, account_id: &str) -> Result<bool, String> {
+        let mut conn = self.redis.conn().await?;
+        let account_key = self.key(&account_refresh_token_key(account_id));
+        let token: Option<String> = redis::cmd("GET")
+            .arg(&account_key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("Redis refused GET ({e})"))?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&account_key).ignore();
+        if let Some(t) = &token {
+            pipe.del(self.key(&refresh_token_key(t))).ignore();
+        }
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| format!("Redis refused DEL ({e})"))?;
+        Ok(token.is_some())
+    }
+
     /// `PING`, for the startup check.
     pub async fn ping(&self) -> Result<(), String> {
         self.redis.ping().await

@@ -34,7 +34,7 @@ const LOCK_EMAIL: i32 = 0x4447_454d;
 const LOCK_SUBJECT: i32 = 0x4447_5355;
 
 /// Naive UTC "now", as Dify writes its timestamps.
-const NOW: &str = "(now() AT TIME ZONE 'UTC')";
+pub(super) const NOW: &str = "(now() AT TIME ZONE 'UTC')";
 
 /// Columns the builtin minter reads or writes, with the type Dify's models give them.
 pub const REQUIRED_COLUMNS: &[(&str, &[(&str, &str)])] = &[
@@ -168,11 +168,11 @@ const HAS_NORMALIZED_EMAIL: &str = "SELECT EXISTS (SELECT 1 FROM information_sch
 const SCHEMA_WITHOUT: u64 = 1;
 const SCHEMA_WITH: u64 = 2;
 
-fn db_err(e: tokio_postgres::Error) -> StoreError {
+pub(super) fn db_err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Database(describe_pg(&e))
 }
 
-fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+pub(super) fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     let detail = match &e {
         deadpool_postgres::PoolError::Backend(pg) => describe_pg(pg),
         other => other.to_string(),
@@ -182,7 +182,7 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
 
 /// A pool of connections to Dify's database.
 pub struct DifyStore {
-    pool: Pool,
+    pub(super) pool: Pool,
     schema: AtomicU64,
 }
 

@@ -17,6 +17,14 @@ pub struct AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if session
+            .req_header()
+            .uri
+            .path()
+            .starts_with(crate::ops::scim::PREFIX)
+        {
+            return self.scim(session).await;
+        }
         let (status, body) = match session.req_header().uri.path() {
             "/healthz" => (200, serde_json::json!({"status": "ok"})),
             "/readyz" => self.readiness(),
@@ -46,6 +54,60 @@ impl ServeHttp for AdminApp {
 }
 
 impl AdminApp {
+    /// SCIM, when `sso.scim.token` is set: the bearer token first, then the request.
+    async fn scim(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let snap = self.state.load_full();
+        let trace_id = uuid::Uuid::new_v4().to_string();
+        let Some(scim) = snap.sso.as_ref().and_then(|f| f.scim.as_ref()) else {
+            return scim_response(
+                404,
+                &serde_json::json!({"status": "404", "detail": "SCIM is off (sso.scim.token)"}),
+            );
+        };
+        let header = session.req_header();
+        let auth = header
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !scim.authorized(auth) {
+            log::warn!(trace_id = trace_id.as_str(); "SCIM request refused: wrong or missing bearer token");
+            return scim_response(
+                401,
+                &serde_json::json!({
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "status": "401",
+                "detail": "a bearer token (sso.scim.token) is required"}),
+            );
+        }
+        let method = header.method.as_str().to_string();
+        let path = header.uri.path().to_string();
+        let query = header.uri.query().map(str::to_string);
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= crate::ops::scim::MAX_BODY => {
+                    body.extend_from_slice(&chunk)
+                }
+                Ok(Some(_)) => {
+                    return scim_response(
+                        413,
+                        &serde_json::json!({"status": "413", "detail": "body too large"}),
+                    );
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    return scim_response(
+                        400,
+                        &serde_json::json!({"status": "400", "detail": "the body could not be read"}),
+                    );
+                }
+            }
+        }
+        let answer = scim
+            .handle(&method, &path, query.as_deref(), &body, &trace_id)
+            .await;
+        scim_response(answer.status, &answer.body)
+    }
+
     fn readiness(&self) -> (u16, serde_json::Value) {
         let snap = self.state.load();
         let dify = dify_info(&snap.config.dify);
@@ -95,4 +157,19 @@ fn dify_info(dify: &crate::dify::DifyConfig) -> serde_json::Value {
         "session_delivery": delivery_name(compat.delivery()),
         "iss": compat.edition().as_str(),
     })
+}
+
+fn scim_response(status: u16, body: &serde_json::Value) -> Response<Vec<u8>> {
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/scim+json")
+        .header("Content-Length", body.len())
+        .header("Cache-Control", "no-store")
+        .body(body)
+        .unwrap_or_default()
 }

@@ -7,6 +7,7 @@ pub mod listeners;
 pub mod logging;
 pub mod metrics;
 pub mod reload;
+pub mod scim;
 pub mod server;
 pub mod tls;
 pub mod upstream_health;

@@ -44,10 +44,20 @@ impl SsoFlow {
         self.enabled && self.apps.active()
     }
 
-    /// The session this request carries, if any.
-    pub(super) fn session_of(&self, req: &SsoRequest<'_>) -> Option<Session> {
-        self.sessions
-            .read(CookieWriter::for_request(req), req.headers)
+    /// The session this request carries, if any and not ended early.
+    pub(super) async fn session_of(&self, req: &SsoRequest<'_>) -> Option<Session> {
+        let session = self
+            .sessions
+            .read(CookieWriter::for_request(req), req.headers)?;
+        if self
+            .revocations
+            .is_revoked(&session.person.revocation_key(), session.signed_in)
+            .await
+        {
+            log::info!(trace_id = req.trace_id, person = session.person.label(); "gateway session ended early (revoked)");
+            return None;
+        }
+        Some(session)
     }
 
     /// `Set-Cookie` starting a gateway session for someone who just signed in.
@@ -65,7 +75,7 @@ impl SsoFlow {
         else {
             return AppCheck::Forward(AppForward::default());
         };
-        let session = self.session_of(req);
+        let session = self.session_of(req).await;
         let (verdict, code, passport_call) = match kind {
             AppRequest::Page { code } => (
                 self.apps.page(code, session.as_ref()),
@@ -163,7 +173,7 @@ impl SsoFlow {
             Some(AppRequest::Page { code }) => code,
             _ => None,
         };
-        let session = self.session_of(req);
+        let session = self.session_of(req).await;
         match self.apps.page(code, session.as_ref()) {
             Verdict::Pass | Verdict::Admitted => SsoResponse::redirect(302, &target),
             Verdict::Refused if session.is_some() || self.apps.rule(code) == &apps::Rule::Deny => {
@@ -190,7 +200,7 @@ impl SsoFlow {
             return pages::confirm_sign_out(LOGOUT_PATH);
         }
         let writer = CookieWriter::for_request(req);
-        let who = self.session_of(req);
+        let who = self.session_of(req).await;
         log::info!(trace_id = req.trace_id, person = who.as_ref().map_or("-", |s| s.person.label());
             "signed out of the gateway session");
         let hint = writer

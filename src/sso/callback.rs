@@ -173,6 +173,9 @@ impl SsoFlow {
                     subject = identity.subject.as_str(), for_app = for_app; "sign-in: identity authorized");
                 id_token_hint = identity.id_token_hint.clone();
                 let person = Person::from_identity(&identity);
+                if let Err(f) = self.refuse_deactivated(&person).await {
+                    return self.failure(req, &f, &flow_id);
+                }
                 if for_app {
                     return self.signed_in(req, &flow_id, Some(person), None, id_token_hint, ret);
                 }
@@ -212,6 +215,11 @@ impl SsoFlow {
                 groups: owner.groups.clone(),
             })
         });
+        if let Some(p) = &person
+            && let Err(f) = self.refuse_deactivated(p).await
+        {
+            return self.failure(req, &f, &flow_id);
+        }
         if for_app {
             let Some(person) = person else {
                 let why = SsoFailure::NotAvailable(
@@ -222,6 +230,21 @@ impl SsoFlow {
             return self.signed_in(req, &flow_id, Some(person), None, id_token_hint, ret);
         }
         self.signed_in(req, &flow_id, person, Some(checked), id_token_hint, ret)
+    }
+
+    /// A person a directory deactivated (SCIM) does not sign in, to the console or to an app.
+    async fn refuse_deactivated(&self, person: &Person) -> Result<(), SsoFailure> {
+        match self
+            .revocations
+            .is_deactivated(&person.revocation_key())
+            .await
+        {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(SsoFailure::NotAllowed(
+                "this account was deactivated by the company's directory".into(),
+            )),
+            Err(e) => Err(SsoFailure::StoreUnavailable(e)),
+        }
     }
 
     /// The answer to a successful callback: the gateway session (when the person is known), the

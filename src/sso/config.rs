@@ -108,6 +108,8 @@ pub struct SsoConfig {
     pub session: super::apps::SessionConfig,
     /// Who may use which published app.
     pub apps: super::apps::AppsConfig,
+    /// Deprovisioning by a directory (SCIM 2.0) on the admin listener.
+    pub scim: crate::ops::scim::ScimConfig,
 }
 
 /// `sso.store`.
@@ -154,6 +156,7 @@ impl Default for SsoConfig {
             provisioning: Default::default(),
             session: Default::default(),
             apps: Default::default(),
+            scim: Default::default(),
         }
     }
 }
@@ -446,6 +449,20 @@ impl SsoConfig {
             }
             if let Err(e) = rule.parse() {
                 bad(&format!("sso.apps.rules.{code}"), e);
+            }
+        }
+        if !self.scim.token.is_empty() {
+            if self.scim.token.expose().len() < 32 {
+                bad(
+                    "sso.scim.token",
+                    "expected a random secret of at least 32 bytes (e.g. `openssl rand -base64 32`)".into(),
+                );
+            }
+            if self.minter != MinterKind::Builtin {
+                bad(
+                    "sso.scim.token",
+                    "SCIM needs sso.minter: builtin (it bans accounts in Dify's database and deletes their refresh tokens in Redis)".into(),
+                );
             }
         }
         let protected = super::apps::AppPolicy::new(&self.apps).is_ok_and(|p| p.active());

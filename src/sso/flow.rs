@@ -67,6 +67,10 @@ pub struct SsoFlow {
     pub(super) apps: AppPolicy,
     /// Dify's `SECRET_KEY`, to check app passports.
     pub(super) secret_key: Option<String>,
+    /// Sessions ended before they ran out (deprovisioning, back-channel logout).
+    pub revocations: std::sync::Arc<super::revocations::Revocations>,
+    /// Deprovisioning (`sso.scim.token`), served on the admin listener.
+    pub scim: Option<crate::ops::scim::Scim>,
 }
 
 /// PKCE S256: base64url(SHA-256(verifier)).
@@ -124,13 +128,44 @@ impl SsoFlow {
             sso.session.keys.iter().map(|k| k.expose()).collect()
         };
         let apps = AppPolicy::new(&sso.apps)?;
+        let revocation_redis = if dify.redis_url.is_empty() {
+            None
+        } else {
+            Some((
+                crate::dify::redis_conn::dify_client(dify)?,
+                dify.redis_key(""),
+            ))
+        };
+        let revocations = std::sync::Arc::new(super::revocations::Revocations::new(
+            revocation_redis,
+            sso.session.lifetime,
+        ));
+        let scim = if sso.scim.token.is_empty() || sso.minter != super::config::MinterKind::Builtin
+        {
+            None
+        } else {
+            let prov = sso.provisioning.resolve(dify.dataset_operator_enabled())?;
+            Some(crate::ops::scim::Scim::new(
+                sso.scim.token.expose(),
+                crate::dify::store::DifyStore::new(dify.database_url.expose(), 4)
+                    .map_err(|e| format!("dify.database_url: {e}"))?,
+                crate::dify::refresh_tokens::RefreshTokens::new(
+                    crate::dify::redis_conn::dify_client(dify)?,
+                    dify.redis_key_prefix.as_deref().unwrap_or(""),
+                ),
+                prov.workspace_id,
+                revocations.clone(),
+            ))
+        };
         Ok(SsoFlow {
+            scim,
             sessions: SessionCodec::new(
                 &session_keys,
                 sso.session.lifetime,
                 sso.session.idle_timeout,
             ),
             apps,
+            revocations,
             secret_key: dify.secret_key().map(str::to_string),
             enabled: sso.enabled,
             protocol: providers::build(sso)?,

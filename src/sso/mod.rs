@@ -22,6 +22,7 @@ pub mod protocol;
 pub mod providers;
 mod request;
 pub mod return_target;
+pub mod revocations;
 pub mod session;
 mod signer;
 pub mod used_states;

@@ -45,6 +45,15 @@ impl Person {
         }
     }
 
+    /// What revocations name the person by: the email (what a directory knows), else the
+    /// issuer and subject.
+    pub fn revocation_key(&self) -> String {
+        match &self.email {
+            Some(e) => e.to_lowercase(),
+            None => format!("{}|{}", self.issuer, self.subject),
+        }
+    }
+
     /// How logs name the person: the email when known, else the subject.
     pub fn label(&self) -> &str {
         self.email.as_deref().unwrap_or(&self.subject)
