@@ -6,6 +6,7 @@ use crate::config::{Config, ConfigSource};
 use crate::ops::access_log::AccessLog;
 use crate::ops::admin::AdminApp;
 use crate::ops::drain::DrainWatch;
+use crate::ops::idp_watch::IdpWatch;
 use crate::ops::listeners::{self, ListenerProbe};
 use crate::ops::metrics::METRICS;
 use crate::ops::reload::Reloader;
@@ -140,6 +141,12 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
         "listener probe",
         ListenerProbe {
             addrs: probed.collect(),
+        },
+    ));
+    server.add_service(background_service(
+        "identity provider watch",
+        IdpWatch {
+            state: state.clone(),
         },
     ));
     server.add_service(background_service(

@@ -13,6 +13,7 @@ mod config_protocols;
 mod enforce;
 pub mod failure;
 mod flow;
+pub mod idp_check;
 pub mod minter;
 mod origins;
 mod pages;

@@ -114,9 +114,20 @@ pub fn loggable_url(url: &url::Url) -> String {
     url.to_string()
 }
 
-/// [`loggable_url`] of a configured URL given as text (unchanged when it does not parse).
+/// [`loggable_url`] of a URL given as text; as written when it has nothing to take out (or does
+/// not parse), so an issuer reads as configured.
 pub fn loggable_text(url: &str) -> String {
-    url::Url::parse(url).map_or_else(|_| url.to_string(), |u| loggable_url(&u))
+    match url::Url::parse(url) {
+        Ok(u)
+            if !u.username().is_empty()
+                || u.password().is_some()
+                || u.query().is_some()
+                || u.fragment().is_some() =>
+        {
+            loggable_url(&u)
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// One warning for a call that got no answer: what was called, where, and why it failed.
@@ -318,6 +329,14 @@ mod tests {
         let url = url::Url::parse("https://user:pw@idp.example/exchange?token=abc&trace_id=t#frag")
             .unwrap();
         assert_eq!(loggable_url(&url), "https://idp.example/exchange");
+        assert_eq!(
+            loggable_text("https://user:pw@idp.example/realms/x"),
+            "https://idp.example/realms/x"
+        );
+        assert_eq!(
+            loggable_text("https://idp.example/realms/x"),
+            "https://idp.example/realms/x"
+        );
     }
 
     async fn fail(url: &str, timeout: Duration) -> CallFailure {
