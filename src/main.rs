@@ -63,7 +63,11 @@ fn main() -> ExitCode {
         log::info!("{line}");
     }
     match server::build(&cli, config, source) {
-        Ok(server) => server.run_forever(),
+        Ok(server) => {
+            server.run(pingora::server::RunArgs::default());
+            dify_gateway::ops::drain::remove_pid_file();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("dify-gateway: {e}");
             ExitCode::from(1)

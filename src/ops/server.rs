@@ -66,6 +66,9 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
         listeners::check_bindable(keys.iter().map(|(k, a)| (k.as_str(), *a)))?;
     }
     listeners::exit_on_listener_panic();
+    if cli.daemon {
+        crate::ops::drain::remember_pid_file(&s.pid_file);
+    }
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
