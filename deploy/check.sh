@@ -36,9 +36,9 @@ run() { # run NAME CMD...
 apt_install() {
     [ "$(id -u)" = 0 ] || { echo "not root: cannot apt-get install $*"; return 1; }
     if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit 2>/dev/null)" ]; then
-        apt-get update -qq || return 1
+        apt-get -o DPkg::Lock::Timeout=600 update -qq || return 1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 step "tools"
