@@ -9,8 +9,8 @@
 # Debian if absent. Network: only PyPI and Debian's archive, and only on the first run; every
 # schema is bundled in those packages.
 #
-# Binary for `dify-gateway -t` and the live test: $DIFY_GATEWAY_BIN, else target/release or
-# target/debug; without one those checks are skipped (and say so).
+# Binary for `dify-gateway -t` and the live test: $DIFY_GATEWAY_BIN, else target/release,
+# target/fast (scripts/run's) or target/debug; without one those checks are skipped (and say so).
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,7 +60,7 @@ echo "tools ready in $((SECONDS - t0)) s: $("$venv/bin/hadolint" --version 2>/de
 
 bin=${DIFY_GATEWAY_BIN:-}
 if [ -z "$bin" ]; then
-    for b in "$root/target/release/dify-gateway" "$root/target/debug/dify-gateway"; do
+    for b in "$root/target/release/dify-gateway" "$root/target/fast/dify-gateway" "$root/target/debug/dify-gateway"; do
         [ -x "$b" ] && { bin=$b; break; }
     done
 fi
