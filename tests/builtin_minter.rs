@@ -1096,7 +1096,7 @@ async fn check_runs_the_startup_checks_and_offline_names_what_it_skips() {
     assert_eq!(
         stderr.trim(),
         "dify-gateway: sso.minter: builtin cannot work: Dify's database lacks column tenant_account_joins.current (boolean): \
-         this Dify version's schema is not supported by sso.minter: builtin (supported: Dify 1.x, as reference §5 describes)"
+         this Dify version's schema is not supported by sso.minter: builtin (supported: Dify 1.x)"
     );
     // Start-up says exactly the same.
     let builder = Gateway::builder().extra_yaml(&yaml);

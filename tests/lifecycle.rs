@@ -281,6 +281,144 @@ async fn sigterm_keeps_an_open_stream_flowing_then_exits_in_time() {
     );
 }
 
+/// grace_period for the early-exit tests: long, so that waiting it out cannot pass for leaving early.
+const LONG_GRACE: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn sigterm_on_an_idle_gateway_exits_at_once_not_after_the_grace_period() {
+    let a = MockUpstream::echo("a").await;
+    let mut gw = Gateway::builder()
+        .upstream("a", &[a.addr])
+        .route("/probe", "a")
+        .server("grace_period", "20s")
+        .server("graceful_shutdown_timeout", "5s")
+        .start()
+        .await;
+    // A kept-alive connection from an earlier request is idle, not in flight.
+    let c = client();
+    assert_eq!(c.get(gw.url("/probe")).send().await.unwrap().status(), 200);
+
+    gw.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    let exited = gw.wait_exit(LONG_GRACE).await;
+    let took = signalled.elapsed();
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "no clean exit within grace_period: {exited:?}\n{}",
+        gw.stderr()
+    );
+    assert!(
+        took < LONG_GRACE / 10,
+        "an idle gateway took {took:?} to exit after SIGTERM (grace_period 20 s)"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_with_a_request_in_flight_finishes_it_then_exits() {
+    let delay = Duration::from_millis(1500);
+    let slow = MockUpstream::slow("slow", delay).await;
+    let mut gw = Gateway::builder()
+        .upstream("slow", &[slow.addr])
+        .route("/slow", "slow")
+        .server("grace_period", "20s")
+        .server("graceful_shutdown_timeout", "5s")
+        .start()
+        .await;
+    let url = gw.url("/slow/answer");
+    let request = tokio::spawn(async move {
+        let resp = client().get(url).send().await?;
+        let status = resp.status().as_u16();
+        Ok::<_, reqwest::Error>((status, resp.text().await?))
+    });
+    let arrived = poll_until(WAIT, || async {
+        (!slow.received_under("/slow/answer").is_empty()).then_some(())
+    })
+    .await;
+    assert!(arrived.is_some(), "the request never reached the upstream");
+
+    gw.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    let (status, body) = request
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("/slow/answer"), "{body}");
+    let exited = gw.wait_exit(LONG_GRACE).await;
+    let took = signalled.elapsed();
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "no clean exit: {exited:?}\n{}",
+        gw.stderr()
+    );
+    assert!(
+        took < delay + LONG_GRACE / 10,
+        "exit took {took:?} after SIGTERM: it should follow the last answer, not the grace period"
+    );
+}
+
+/// Whether process `pid` is gone (or a zombie nobody reaped: a daemon's parent has exited).
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // `pid (comm) S ...`: the state follows the command's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+#[tokio::test]
+async fn a_daemon_removes_its_pid_file_when_it_exits() {
+    let a = MockUpstream::echo("a").await;
+    let builder = Gateway::builder();
+    let pid_file = builder.temp_path("gateway.pid");
+    let config_path = builder.temp_path("daemon.yaml");
+    // Kept to the end: it owns the temporary directory.
+    let builder = builder
+        .upstream("a", &[a.addr])
+        .route("/probe", "a")
+        .server("grace_period", "20s")
+        .server("pid_file", &yq(&pid_file.display().to_string()));
+    let admin = builder.admin;
+    std::fs::write(&config_path, builder.to_yaml()).unwrap();
+    let status = std::process::Command::new(BIN)
+        .arg("-d")
+        .arg("-c")
+        .arg(&config_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the daemon's parent failed: {status}");
+    let pid = poll_until(WAIT, || async {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+    })
+    .await
+    .expect("the daemon wrote no pid file");
+    let _kill = KillOnDrop(pid);
+    let ready = poll_until(WAIT, || async {
+        let r = client()
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the daemon never became ready");
+
+    // SAFETY: kill(2) on the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let gone = poll_until(LONG_GRACE, || async { process_gone(pid).then_some(()) }).await;
+    assert!(gone.is_some(), "the daemon did not exit after SIGTERM");
+    let removed = poll_until(WAIT, || async { (!pid_file.exists()).then_some(()) }).await;
+    assert!(removed.is_some(), "{} is left behind", pid_file.display());
+}
+
 #[tokio::test]
 async fn metrics_parse_and_move_with_traffic() {
     let a = MockUpstream::echo("a").await;

@@ -44,6 +44,17 @@ fn provider_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider")
 }
 
+/// The Node to run: the one `scripts/install-deps` put into `.tools/` when the system's was too
+/// old or missing, else `node` on PATH.
+fn node() -> PathBuf {
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/node/bin/node");
+    if local.is_file() {
+        local
+    } else {
+        PathBuf::from("node")
+    }
+}
+
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
 }
@@ -54,7 +65,7 @@ fn provider_available() -> bool {
     let installed = provider_dir()
         .join("node_modules/oidc-provider/package.json")
         .is_file();
-    let node = Command::new("node")
+    let node = Command::new(node())
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -65,7 +76,9 @@ fn provider_available() -> bool {
         (false, _) => {
             "tests/oidc-provider/node_modules is missing: run `npm ci --prefix tests/oidc-provider` (scripts/install-deps does it)"
         }
-        (true, false) => "`node` is not on PATH (scripts/install-deps installs nodejs)",
+        (true, false) => {
+            "`node` is not on PATH (scripts/install-deps installs Node.js into .tools/)"
+        }
     };
     if in_ci() {
         panic!("the OIDC end-to-end test cannot run: {missing}");
@@ -98,7 +111,7 @@ impl OidcProvider {
     /// Starts the provider on a free port with one client whose only redirect URI is
     /// `redirect_uri`; returns once it printed `ready <issuer>` (it listens by then).
     async fn start(redirect_uri: &str) -> OidcProvider {
-        let mut child = Command::new("node")
+        let mut child = Command::new(node())
             .arg("provider.mjs")
             .arg("--port=0")
             .arg(format!("--redirect-uri={redirect_uri}"))

@@ -1,4 +1,4 @@
-//! Everything that can go wrong in a sign-in (issue 3 item 5), the loop breaker, logout that
+//! Everything that can go wrong in a sign-in, the loop breaker, logout that
 //! sticks, `sso.enforce`, and secrets kept out of the logs. A failure is always a page with a
 //! reason and a trace id, never a redirect back into the flow.
 
@@ -24,6 +24,39 @@ fn assert_trace_reached_exchange(env: &SsoEnv, trace: &str) {
     let call = env.sso.calls().last().cloned().expect("an exchange call");
     assert_eq!(call.trace_id.as_deref(), Some(trace));
     assert_eq!(call.x_request_id.as_deref(), Some(trace));
+}
+
+/// The gateway's warning about the failed call with `trace`: names the exchange's URL without its
+/// query (the SSO token is there) and the cause of kind `kind`.
+async fn assert_call_failure_logged(env: &SsoEnv, trace: &str, kind: &str, cause: &str) {
+    let line = support::poll_until(support::WAIT, || async {
+        env.gw
+            .log_lines()
+            .into_iter()
+            .find(|l| l["trace_id"] == trace && l.get("cause").is_some())
+    })
+    .await
+    .unwrap_or_else(|| panic!("no failure logged for {trace}:\n{}", env.gw.stderr()));
+    assert_eq!(line["kind"], kind, "{line}");
+    let url = line["url"].as_str().unwrap_or_default();
+    assert!(url.ends_with("/get_dify_token"), "{line}");
+    let text = line.to_string();
+    assert!(
+        !text.contains("token="),
+        "the query reached the log: {line}"
+    );
+    assert!(
+        line["cause"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains(cause),
+        "{line}"
+    );
+    assert!(
+        line["message"].as_str().unwrap_or_default().contains(url),
+        "{line}"
+    );
 }
 
 /// After a failure the browser is not signed in.
@@ -99,6 +132,7 @@ async fn every_exchange_failure_is_an_error_page_with_the_trace_id() {
                 "the gateway must give up after sso.exchange.timeout (1s), took {:?}",
                 p.elapsed
             );
+            assert_call_failure_logged(&env, &trace, "timeout", "timed out").await;
         }
         assert_not_signed_in(&env, &mut b).await;
     }
@@ -205,7 +239,8 @@ async fn an_unreachable_exchange_is_502() {
     .await;
     let mut b = env.browser();
     let p = callback_answer(&env, &mut b, "alice").await;
-    assert_error_page(&p, 502, "could not be reached");
+    let trace = assert_error_page(&p, 502, "could not be reached");
+    assert_call_failure_logged(&env, &trace, "connection refused", "connection refused").await;
     assert_not_signed_in(&env, &mut b).await;
 }
 

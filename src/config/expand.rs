@@ -86,12 +86,19 @@ fn expand_one(inner: &str, lookup: Lookup) -> Result<String, String> {
         }),
         false => Ok(d.to_string()),
     });
-    match (lookup(name).filter(|v| !v.is_empty()), default) {
+    // As the shell's `:-`, an empty value takes the default; without one, say which it was, since
+    // `VAR=` in an env file is a different mistake from a variable never passed in.
+    let value = lookup(name);
+    let empty = value.as_deref() == Some("");
+    match (value.filter(|v| !v.is_empty()), default) {
         (Some(v), _) if v.contains('\n') => {
             Err(format!("environment variable {name} contains a line break"))
         }
         (Some(v), _) => Ok(v),
         (None, Some(d)) => d,
+        (None, None) if empty => Err(format!(
+            "environment variable {name} is set but empty (give it a value, or use ${{{name}:-default}} for a default)"
+        )),
         (None, None) => Err(format!(
             "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
         )),
@@ -174,6 +181,18 @@ mod tests {
         let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![2, 3, 4, 5]);
         assert!(errs[0].message.contains("NOPE is not set"));
+    }
+
+    #[test]
+    fn an_empty_variable_is_called_empty_not_unset() {
+        let errs = expand("a: 1\nb: ${EMPTY}\n", env).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, 2);
+        assert!(
+            errs[0].message.contains("EMPTY is set but empty"),
+            "{errs:?}"
+        );
+        assert!(!errs[0].message.contains("not set"), "{errs:?}");
     }
 
     #[test]

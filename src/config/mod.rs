@@ -413,29 +413,16 @@ impl Config {
             expanded.as_str()
         };
         let map = SourceMap::build(&expanded);
-        // serde_path_to_error knows the field of every error, including those raised by our own
-        // parsers (durations, sizes), where serde_yaml_ng's own position is only approximate.
-        let mut config: Config = serde_path_to_error::deserialize(
-            serde_yaml_ng::Deserializer::from_str(text),
-        )
-        .map_err(|e| {
-            let field = e.path().to_string();
-            let field = if field == "." { String::new() } else { field };
-            let inner = e.into_inner();
-            let yaml_line = inner.location().map(|l| l.line());
-            // serde_yaml_ng puts its own "path: " in front and " at line N column M" behind.
-            let msg = inner.to_string();
-            let msg = msg.split(" at line ").next().unwrap_or(&msg);
-            let msg = match msg.split_once(": ") {
-                Some((f, m)) if !f.contains(' ') => m,
-                _ => msg,
-            };
-            let line = match map.complete && !field.is_empty() {
-                true => map.line_of(&field).or(yaml_line),
-                false => yaml_line,
-            };
-            vec![at(line, &field, msg.to_string())]
-        })?;
+        let (config, mut errors, skip) = deserialize_all(text, &map);
+        let errors_at = |errors: Vec<FieldError>| -> Vec<ConfigError> {
+            errors
+                .into_iter()
+                .map(|e| at(e.line, &e.field, e.message))
+                .collect()
+        };
+        let Some(mut config) = config else {
+            return Err(errors_at(errors));
+        };
         config.fill_defaults(&env);
         config.server.tls = config.server.tls.take().filter(|t| t.enabled);
         config.server.acme_challenge = config.server.acme_challenge.take().filter(|a| a.enabled);
@@ -446,14 +433,21 @@ impl Config {
         let chosen = config.server.tls.as_ref().map(|t| (&t.cert, &t.key));
         config.hash = short_hash(&format!("{expanded}{chosen:?}"));
         config.env_read = read.borrow().clone();
-        let issues = config.validate();
-        if issues.is_empty() {
+        // A value that was taken out because it could not be read leaves its field at the default:
+        // what validation then says about that field (or its section) would be about the default.
+        let issues = config
+            .validate()
+            .into_iter()
+            .filter(|i| !skip.iter().any(|s| related_fields(s, &i.field)));
+        errors.extend(issues.map(|i| FieldError {
+            line: map.line_of(&i.field),
+            field: i.field,
+            message: i.message,
+        }));
+        if errors.is_empty() {
             Ok(config)
         } else {
-            Err(issues
-                .into_iter()
-                .map(|i| at(map.line_of(&i.field), &i.field, i.message))
-                .collect())
+            Err(errors_at(errors))
         }
     }
 
@@ -618,6 +612,206 @@ impl Config {
             sso
         )
     }
+}
+
+/// A deserialisation error before it is placed in a file.
+struct FieldError {
+    line: Option<usize>,
+    field: String,
+    message: String,
+}
+
+/// At most this many fields are reported from one file, so a file that is not a configuration at
+/// all (or is someone else's) does not cost a deserialisation per line.
+const MAX_FIELD_ERRORS: usize = 100;
+
+/// Deserialises `text`, and when that fails, every error in it rather than the first: serde stops
+/// at the first unknown field or bad value, so each is taken out of the document and the rest read
+/// again. Returns the configuration when what is left reads (unknown fields only: validation can
+/// still speak), the errors, and the paths of values taken out as unreadable.
+fn deserialize_all(text: &str, map: &SourceMap) -> (Option<Config>, Vec<FieldError>, Vec<String>) {
+    // The common case, a good file, is read straight from the text.
+    let first = match serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text))
+    {
+        Ok(config) => return (Some(config), Vec::new(), Vec::new()),
+        Err(e) => e,
+    };
+    let first_error = || {
+        let path = Step::path_of(&first);
+        let message = message_of(first.inner());
+        let yaml_line = first.inner().location().map(|l| l.line());
+        field_error(&path, message, yaml_line, map)
+    };
+    // A syntax error: nothing after it can be trusted.
+    let Ok(mut doc) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+        return (None, vec![first_error()], Vec::new());
+    };
+    let mut errors: Vec<FieldError> = Vec::new();
+    let mut unreadable = Vec::new();
+    // List items taken out so far (the list's path, the item's index then), to give later errors
+    // the index the file has.
+    let mut taken: Vec<(Vec<Step>, usize)> = Vec::new();
+    loop {
+        let err = match serde_path_to_error::deserialize::<_, Config>(doc.clone()) {
+            Ok(_) if errors.is_empty() => {
+                // The document reads but the text did not: report what the text said.
+                return (None, vec![first_error()], Vec::new());
+            }
+            Ok(config) => {
+                let usable = unreadable.is_empty();
+                return (usable.then_some(config), errors, unreadable);
+            }
+            Err(e) => e,
+        };
+        let in_doc = Step::path_of(&err);
+        let in_file = taken
+            .iter()
+            .rev()
+            .fold(in_doc.clone(), |path, (list, index)| {
+                Step::before_taking(path, list, *index)
+            });
+        let raw = err.inner().to_string();
+        // A Value has no positions: the line comes from the source map.
+        let e = field_error(&in_file, message_of(err.inner()), None, map);
+        if errors.iter().any(|seen| seen.field == e.field) {
+            break;
+        }
+        // A missing field names its section, which is not the thing to take out: what follows
+        // would be errors about the section's absence.
+        let removed = !raw.contains("missing field `") && remove_at(&mut doc, &in_doc);
+        if removed && let Some((Step::Index(i), list)) = in_doc.split_last() {
+            taken.push((list.to_vec(), *i));
+        }
+        if !raw.contains("unknown field `") {
+            unreadable.push(e.field.clone());
+        }
+        errors.push(e);
+        if !removed || errors.len() >= MAX_FIELD_ERRORS {
+            break;
+        }
+    }
+    (None, errors, unreadable)
+}
+
+/// One step of a field's path.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Key(String),
+    Index(usize),
+    /// An enum variant or a place serde cannot name: nothing to take out there.
+    Opaque,
+}
+
+impl Step {
+    fn path_of(e: &serde_path_to_error::Error<serde_yaml_ng::Error>) -> Vec<Step> {
+        use serde_path_to_error::Segment;
+        e.path()
+            .iter()
+            .map(|s| match s {
+                Segment::Map { key } => Step::Key(key.clone()),
+                Segment::Seq { index } => Step::Index(*index),
+                _ => Step::Opaque,
+            })
+            .collect()
+    }
+
+    /// `path` as it was before item `index` of `list` was taken out.
+    fn before_taking(mut path: Vec<Step>, list: &[Step], index: usize) -> Vec<Step> {
+        if path.starts_with(list)
+            && let Some(Step::Index(i)) = path.get_mut(list.len())
+            && *i >= index
+        {
+            *i += 1;
+        }
+        path
+    }
+
+    /// `routes[1].upstream`, as serde_path_to_error and [`SourceMap`] write it.
+    fn dotted(path: &[Step]) -> String {
+        let mut out = String::new();
+        for step in path {
+            match step {
+                Step::Key(k) if out.is_empty() => out.push_str(k),
+                Step::Key(k) => {
+                    out.push('.');
+                    out.push_str(k);
+                }
+                Step::Index(i) => out.push_str(&format!("[{i}]")),
+                Step::Opaque => out.push_str(if out.is_empty() { "?" } else { ".?" }),
+            }
+        }
+        out
+    }
+}
+
+/// serde_yaml_ng's message without its own "path: " in front and " at line N column M" behind.
+fn message_of(e: &serde_yaml_ng::Error) -> String {
+    let msg = e.to_string();
+    let msg = msg.split(" at line ").next().unwrap_or(&msg);
+    match msg.split_once(": ") {
+        Some((f, m)) if !f.contains(' ') => m.to_string(),
+        _ => msg.to_string(),
+    }
+}
+
+/// The field and line of one serde error.
+fn field_error(
+    path: &[Step],
+    message: String,
+    yaml_line: Option<usize>,
+    map: &SourceMap,
+) -> FieldError {
+    let field = Step::dotted(path);
+    // serde_path_to_error knows the field of every error, including those raised by our own
+    // parsers (durations, sizes), where serde_yaml_ng's own position is only approximate.
+    let line = match map.complete && !field.is_empty() {
+        true => map.line_of(&field).or(yaml_line),
+        false => yaml_line,
+    };
+    FieldError {
+        line,
+        field,
+        message,
+    }
+}
+
+/// Takes the value at `path` out of `doc`; false when there is no such value (the path ends at a
+/// section, or passes through something that is not a mapping or a list).
+fn remove_at(doc: &mut serde_yaml_ng::Value, path: &[Step]) -> bool {
+    use serde_yaml_ng::Value;
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = doc;
+    for step in parents {
+        let next = match (step, node) {
+            (Step::Key(key), Value::Mapping(m)) => m.get_mut(key.as_str()),
+            (Step::Index(index), Value::Sequence(s)) => s.get_mut(*index),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        node = next;
+    }
+    match (last, node) {
+        (Step::Key(key), Value::Mapping(m)) => m.remove(key.as_str()).is_some(),
+        (Step::Index(index), Value::Sequence(s)) if *index < s.len() => {
+            s.remove(*index);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Whether one of the two dotted paths is the other or contains it.
+fn related_fields(a: &str, b: &str) -> bool {
+    let within = |inner: &str, outer: &str| {
+        outer.is_empty()
+            || inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with(['.', '[']))
+    };
+    within(a, b) || within(b, a)
 }
 
 fn check_socket_addr(issues: &mut Vec<Issue>, field: &str, addr: &str) {

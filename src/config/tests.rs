@@ -135,6 +135,100 @@ fn unknown_key_is_refused() {
 }
 
 #[test]
+fn every_unknown_key_and_bad_value_is_listed_not_only_the_first() {
+    let text = "server:\n  listn: [\"0.0.0.0:80\"]\n  threads: many\nlimits:\n  read_timeout: forever\n  sendtimeout: 1s\nsso:\n  protocol: oidc\n  colour: blue\nroutes:\n  - prefix: /a\n    upstream: nope\n    weight: 2\n";
+    let errs = load(text).unwrap_err();
+    let found: Vec<(Option<usize>, &str)> =
+        errs.iter().map(|e| (e.line, e.field.as_str())).collect();
+    for want in [
+        (Some(2), "server.listn"),
+        (Some(3), "server.threads"),
+        (Some(5), "limits.read_timeout"),
+        (Some(6), "limits.sendtimeout"),
+        (Some(9), "sso.colour"),
+        (Some(13), "routes[0].weight"),
+    ] {
+        assert!(found.contains(&want), "missing {want:?} in {found:?}");
+    }
+    let unknown = errs
+        .iter()
+        .find(|e| e.field == "limits.sendtimeout")
+        .unwrap();
+    assert!(
+        unknown.message.contains("unknown field `sendtimeout`"),
+        "{unknown}"
+    );
+    let bad = errs.iter().find(|e| e.field == "server.threads").unwrap();
+    assert!(bad.message.contains("\"many\""), "{bad}");
+}
+
+#[test]
+fn unknown_keys_do_not_hide_the_semantic_errors() {
+    let text = "server:\n  listen: [\"nowhere\"]\n  listn: [\"0.0.0.0:80\"]\nroutes:\n  - prefix: /a\n    upstream: nope\n    upstrem: api\n";
+    let errs = load(text).unwrap_err();
+    let found: Vec<(Option<usize>, &str)> =
+        errs.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(
+        found,
+        vec![
+            (Some(3), "server.listn"),
+            (Some(7), "routes[0].upstrem"),
+            (Some(2), "server.listen[0]"),
+            (Some(6), "routes[0].upstream"),
+        ]
+    );
+}
+
+#[test]
+fn a_value_that_does_not_read_is_not_also_blamed_on_its_default() {
+    // Without the threads value the default (the CPU count) would pass; the listener's own error
+    // still shows, and nothing is said twice about threads.
+    let errs = load("server:\n  threads: [1]\n  listen: [\"nowhere\"]\n").unwrap_err();
+    let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, vec!["server.threads"], "{errs:?}");
+    // A list that does not read: the fields after it are still read.
+    let errs = load("server:\n  listen: [[1], \"0.0.0.0:80\"]\n  threads: lots\n").unwrap_err();
+    let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, vec!["server.listen", "server.threads"], "{errs:?}");
+    // A bad item of a list of sections: the items after it are still read.
+    let errs =
+        load("routes:\n  - 5\n  - prefix: /a\n    upstream: api\n    weight: 1\n").unwrap_err();
+    let found: Vec<(Option<usize>, &str)> =
+        errs.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(
+        found,
+        vec![(Some(2), "routes[0]"), (Some(5), "routes[1].weight")],
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn a_file_of_nonsense_is_reported_in_bounded_time() {
+    let text: String = (0..1000).map(|i| format!("key{i}: {i}\n")).collect();
+    let errs = load(&text).unwrap_err();
+    assert!(!errs.is_empty() && errs.len() <= 100, "{}", errs.len());
+    assert_eq!(errs[0].field, "key0");
+    assert_eq!(errs[0].line, Some(1));
+}
+
+#[test]
+fn an_empty_variable_is_reported_as_empty() {
+    let env = |name: &str| (name == "PORT_EMPTY").then(String::new);
+    let errs = Config::from_text(
+        "server:\n  listen: [\"0.0.0.0:${PORT_EMPTY}\"]\n",
+        "t.yaml",
+        env,
+    )
+    .unwrap_err();
+    assert_eq!(errs[0].line, Some(2));
+    assert!(
+        errs[0].message.contains("PORT_EMPTY is set but empty"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
 fn every_semantic_error_is_listed_with_its_line() {
     let text = "server:\n  listen: [\"nowhere\"]\n  threads: 0\nupstreams:\n  api: [\"127.0.0.1:x\"]\nroutes:\n  - prefix: /a\n    upstream: nope\n  - { prefix: b, upstream: api }\n";
     let errs = load(text).unwrap_err();

@@ -641,7 +641,7 @@ pub async fn check_database(url: &str, prov: &Provisioning) -> Result<SchemaRepo
                     None => {
                         return Err(format!(
                             "Dify's database lacks column {table}.{column} ({ty}): this Dify version's schema is not supported by sso.minter: builtin \
-                             (supported: Dify 1.x, as reference §5 describes)"
+                             (supported: Dify 1.x)"
                         ));
                     }
                     Some((_, _, actual)) if actual != ty => {

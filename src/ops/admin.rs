@@ -127,22 +127,27 @@ impl AdminApp {
             .filter(|u| !u.is_ready())
             .map(|u| u.name.as_str())
             .collect();
-        if down.is_empty() {
-            (
-                200,
-                serde_json::json!({"status": "ready", "config_generation": snap.generation, "dify": dify}),
-            )
+        // sso.ready_checks_idp: the OpenID provider counts as one more upstream.
+        let idp = crate::sso::idp_check::readiness(snap.config.sso.as_ref());
+        let idp_ready = idp.as_ref().is_none_or(|(ready, _)| *ready);
+        let mut body = if down.is_empty() && idp_ready {
+            serde_json::json!({"status": "ready", "config_generation": snap.generation, "dify": dify})
         } else {
-            (
-                503,
-                serde_json::json!({
-                    "status": "not_ready",
-                    "unreachable_upstreams": down,
-                    "config_generation": snap.generation,
-                    "dify": dify,
-                }),
-            )
+            let mut body = serde_json::json!({
+                "status": "not_ready",
+                "config_generation": snap.generation,
+                "dify": dify,
+            });
+            if !down.is_empty() {
+                body["unreachable_upstreams"] = serde_json::json!(down);
+            }
+            body
+        };
+        if let Some((_, detail)) = idp {
+            body["idp"] = detail;
         }
+        let status = if body["status"] == "ready" { 200 } else { 503 };
+        (status, body)
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod drain;
+pub mod idp_watch;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;

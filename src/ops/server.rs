@@ -6,6 +6,7 @@ use crate::config::{Config, ConfigSource};
 use crate::ops::access_log::AccessLog;
 use crate::ops::admin::AdminApp;
 use crate::ops::drain::DrainWatch;
+use crate::ops::idp_watch::IdpWatch;
 use crate::ops::listeners::{self, ListenerProbe};
 use crate::ops::metrics::METRICS;
 use crate::ops::reload::Reloader;
@@ -65,6 +66,9 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
         listeners::check_bindable(keys.iter().map(|(k, a)| (k.as_str(), *a)))?;
     }
     listeners::exit_on_listener_panic();
+    if cli.daemon {
+        crate::ops::drain::remember_pid_file(&s.pid_file);
+    }
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
@@ -140,6 +144,12 @@ pub fn build(cli: &Cli, config: Config, source: ConfigSource) -> Result<Server, 
         "listener probe",
         ListenerProbe {
             addrs: probed.collect(),
+        },
+    ));
+    server.add_service(background_service(
+        "identity provider watch",
+        IdpWatch {
+            state: state.clone(),
         },
     ));
     server.add_service(background_service(

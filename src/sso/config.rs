@@ -97,6 +97,10 @@ pub struct SsoConfig {
     pub idp_initiated: bool,
     /// Where used sign-in states are kept (single use across replicas needs `redis`).
     pub store: StoreKind,
+    /// `/readyz` also requires the OpenID provider's discovery and JWKS to be fetchable (oidc
+    /// only). Off by default: every replica would leave the load balancer's rotation together
+    /// during an IdP outage, taking down Dify for people already signed in and for the API.
+    pub ready_checks_idp: bool,
     pub oidc: OidcConfig,
     pub oauth2: OAuth2Config,
     pub cas: CasConfig,
@@ -148,6 +152,7 @@ impl Default for SsoConfig {
             callback_origins: Vec::new(),
             idp_initiated: false,
             store: StoreKind::Auto,
+            ready_checks_idp: false,
             oidc: OidcConfig::default(),
             oauth2: OAuth2Config::default(),
             cas: CasConfig::default(),

@@ -15,6 +15,7 @@ mod config_protocols;
 mod enforce;
 pub mod failure;
 mod flow;
+pub mod idp_check;
 pub mod minter;
 mod origins;
 mod pages;

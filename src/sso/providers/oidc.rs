@@ -69,6 +69,18 @@ pub struct Keys {
     pub refused: Vec<(String, String)>,
 }
 
+/// The keys of a fetched JWKS that may verify a signature; the others are logged and left out.
+fn read_keys(v: serde_json::Value, trace_id: &str) -> Result<Keys, SsoFailure> {
+    let (usable, refused) = usable_keys(v)
+        .ok_or_else(|| SsoFailure::ProviderFailed("its JWKS is not a key set".into()))?;
+    for (kid, why) in &refused {
+        log::warn!(trace_id = trace_id; "JWKS: key {kid} is not used: {why}");
+    }
+    let set = serde_json::from_value::<CoreJsonWebKeySet>(usable)
+        .map_err(|_| SsoFailure::ProviderFailed("its JWKS is not a key set".into()))?;
+    Ok(Keys { set, refused })
+}
+
 pub struct Oidc {
     cfg: OidcConfig,
     http: reqwest::Client,
@@ -132,6 +144,57 @@ impl Oidc {
 
     async fn fetch_discovery(&self, trace_id: &str) -> Result<Discovery, SsoFailure> {
         let v = http::json(self.http.get(self.discovery_url()), "discovery", trace_id).await?;
+        self.read_discovery(v, trace_id)
+    }
+
+    /// The provider as the first sign-in will find it: discovery (issuer and endpoints checked as
+    /// a sign-in checks them) and a JWKS with a key that can verify an ID token. Fetched afresh
+    /// each time; the sign-in caches are not touched. For `-t`, start-up and `/readyz`, so a
+    /// wrong issuer shows at deploy time rather than at the first person's sign-in.
+    pub async fn check_provider(&self) -> Result<String, String> {
+        let trace_id = "provider-check";
+        let said = |e: SsoFailure| match e {
+            SsoFailure::ProviderFailed(m) => m,
+            e => e.to_string(),
+        };
+        let url = self.discovery_url();
+        let v = http::fetch_json(&self.http, &url, "discovery").await?;
+        let url = http::loggable_text(&url);
+        let d = self
+            .read_discovery(v, trace_id)
+            .map_err(|e| format!("{url}: {}", said(e)))?;
+        let v = http::fetch_json(&self.http, &d.jwks_uri, "JWKS").await?;
+        let jwks_uri = http::loggable_text(&d.jwks_uri);
+        let keys = read_keys(v, trace_id).map_err(|e| format!("{jwks_uri}: {}", said(e)))?;
+        let n = keys.set.keys().len();
+        let needs_keys = self.algs.iter().any(|a| !a.uses_shared_secret());
+        if n == 0 && needs_keys {
+            return Err(format!(
+                "{jwks_uri}: its JWKS has no key that can verify an ID token{}",
+                if keys.refused.is_empty() {
+                    String::new()
+                } else {
+                    let why: Vec<String> = keys
+                        .refused
+                        .iter()
+                        .map(|(k, w)| format!("{k}: {w}"))
+                        .collect();
+                    format!(" (not used: {})", why.join("; "))
+                }
+            ));
+        }
+        Ok(format!(
+            "discovery and JWKS of {} fetched ({n} signing key{})",
+            http::loggable_text(&self.cfg.issuer),
+            if n == 1 { "" } else { "s" }
+        ))
+    }
+
+    fn read_discovery(
+        &self,
+        v: serde_json::Value,
+        trace_id: &str,
+    ) -> Result<Discovery, SsoFailure> {
         let d: Discovery = serde_json::from_value(v).map_err(|e| {
             SsoFailure::ProviderFailed(format!("its discovery document is incomplete ({e})"))
         })?;
@@ -185,14 +248,7 @@ impl Oidc {
         }
         let fetched = async {
             let v = http::json(self.http.get(&d.jwks_uri), "JWKS", trace_id).await?;
-            let (usable, refused) = usable_keys(v)
-                .ok_or_else(|| SsoFailure::ProviderFailed("its JWKS is not a key set".into()))?;
-            for (kid, why) in &refused {
-                log::warn!(trace_id = trace_id; "JWKS: key {kid} is not used: {why}");
-            }
-            let set = serde_json::from_value::<CoreJsonWebKeySet>(usable)
-                .map_err(|_| SsoFailure::ProviderFailed("its JWKS is not a key set".into()))?;
-            Ok(Keys { set, refused })
+            read_keys(v, trace_id)
         }
         .await;
         match (fetched, slot.as_ref()) {

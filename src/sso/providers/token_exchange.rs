@@ -1,4 +1,4 @@
-//! QSSO-style token exchange (the seed bridge's protocol): `/signin` goes to the SSO login page,
+//! QSSO-style token exchange (the OpenResty QSSO bridge's protocol): `/signin` goes to the SSO login page,
 //! the SSO posts a one-time token to the callback, and a management service swaps it for Dify
 //! tokens: `GET <exchange.url>?trace_id=<id>&token=<token>` -> `{"access_token", "refresh_token"}`.
 
@@ -84,8 +84,8 @@ impl TokenExchange {
             .header("X-Request-Id", trace_id)
             .send()
             .await;
-        // `without_url`: the URL carries the SSO token and must not reach the log.
-        let resp = sent.map_err(|e| send_failure(e.without_url(), trace_id))?;
+        // The URL carries the SSO token: send_failure logs it without the query.
+        let resp = sent.map_err(|e| send_failure(e, trace_id))?;
         crate::ops::metrics::METRICS
             .sso_exchange_duration
             .observe(started.elapsed().as_secs_f64());
@@ -112,11 +112,7 @@ pub async fn read_session(
         }
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| send_failure(e.without_url(), trace_id))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| send_failure(e, trace_id))? {
         if body.len() + chunk.len() > MAX_ANSWER {
             return Err(SsoFailure::ExchangeFailed(
                 "its answer is larger than 64 KiB".into(),
@@ -128,8 +124,8 @@ pub async fn read_session(
 }
 
 pub fn send_failure(e: reqwest::Error, trace_id: &str) -> SsoFailure {
-    log::warn!(trace_id = trace_id, error = e.to_string().as_str(); "token exchange request failed");
-    if e.is_timeout() {
+    let failure = super::http::log_failure(&e, "management service", trace_id);
+    if failure.kind == "timeout" {
         SsoFailure::ExchangeTimeout
     } else {
         SsoFailure::ExchangeUnreachable
