@@ -304,3 +304,26 @@ fn dataset_operator_needs_dify_s_dataset_operator_enabled() {
         stderr(&out)
     );
 }
+
+#[test]
+fn published_app_rules_session_and_scim_errors_name_their_line_and_field() {
+    let yaml = "dify:\n  secret_key: \"k-0123456789abcdef\"\n\
+sso:\n  login_url: \"http://sso.example.com/login?ret={callback_url}\"\n  exchange:\n    url: \"http://m.example.com/x\"\n  \
+session:\n    keys: [\"short\"]\n  \
+apps:\n    default: open\n    rules:\n      \"bad code!\": signed_in\n      Good1: { colors: [x] }\n  \
+scim:\n    token: \"tiny\"\n";
+    let (out, path, _dir) = check_config(yaml);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let lines = error_lines(&out, path.to_str().unwrap());
+    let all = lines.join("\n");
+    for want in [
+        ":8: sso.session.keys[0]: expected a random secret of at least 32 bytes",
+        ":10: sso.apps.default: expected public, signed_in, deny or",
+        ":12: sso.apps.rules.bad code!: expected an app code as in the share URL",
+        ":13: sso.apps.rules.Good1.colors: unknown field `colors`",
+        ":15: sso.scim.token: expected a random secret of at least 32 bytes",
+        ":15: sso.scim.token: SCIM needs sso.minter: builtin",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+}

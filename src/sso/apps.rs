@@ -31,8 +31,7 @@ const PASSPORT_SUB: &str = "Web API Passport";
 pub const PASSPORT_PATH: &str = "/api/passport";
 
 /// `sso.apps.default` and each of `sso.apps.rules`: a word, or who is admitted.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleConfig {
     /// `public`, `signed_in` or `deny`.
     Word(String),
@@ -48,6 +47,31 @@ pub struct MembersConfig {
     pub emails: Vec<String>,
     #[serde(deserialize_with = "units::de_string_list")]
     pub email_domains: Vec<String>,
+}
+
+/// By hand rather than `untagged`, so a wrong member rule is named as such (an unknown field,
+/// a list expected) instead of "did not match any variant".
+impl<'de> Deserialize<'de> for RuleConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RuleConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("public, signed_in, deny or { groups, emails, email_domains }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RuleConfig, E> {
+                Ok(RuleConfig::Word(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RuleConfig, A::Error> {
+                MembersConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RuleConfig::Members)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl Default for RuleConfig {
