@@ -457,7 +457,12 @@ async fn a_sign_in_started_on_one_replica_finishes_on_another() {
     let landing = br.follow(cb, 5).await;
     assert_eq!(path_of(&landing.url), "/apps/two", "hops {:?}", br.urls());
     assert_signed_in(&landing, "Alice Example");
-    assert!(b_served(&bgw), "replica B must have served the callback");
+    // The gateway's stderr is read by another thread: wait for the line rather than race it.
+    let served = support::poll_until(std::time::Duration::from_secs(10), || async {
+        b_served(&bgw).then_some(())
+    })
+    .await;
+    assert!(served.is_some(), "replica B must have served the callback");
 }
 
 fn b_served(gw: &Gateway) -> bool {
